@@ -143,3 +143,6 @@ func (*Begin) isMessage()     {}
 func (*Commit) isMessage()    {}
 func (*Keepalive) isMessage() {}
 func (*Change) isMessage()    {}
+
+// ParseLSN parses Postgres's text form of a WAL position.
+func ParseLSN(s string) (LSN, error) { return pglogrepl.ParseLSN(s) }

@@ -31,7 +31,10 @@ func SaramaConfig(cfg *config.Kafka, transactional bool) (*sarama.Config, error)
 	sc.Producer.Partitioner = sarama.NewMurmur2Partitioner
 	sc.Producer.Return.Errors = true
 	sc.Producer.Return.Successes = false
-	sc.Producer.MaxMessageBytes = 64 << 20 // the broker decides; we check sizes per topic
+	// sarama also sizes its record batches by this, so it must not exceed the
+	// broker's message.max.bytes (1 MB by default); larger events are
+	// refused per topic before sending (see Txn.Send).
+	sc.Producer.MaxMessageBytes = 1000000
 	sc.Consumer.IsolationLevel = sarama.ReadCommitted
 	if transactional {
 		sc.Producer.Idempotent = true

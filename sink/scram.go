@@ -22,8 +22,10 @@ func (c *scramClient) Begin(user, password, authzID string) error {
 	return nil
 }
 
-func (c *scramClient) Step(challenge string) (string, error) { return c.ClientConversation.Step(challenge) }
-func (c *scramClient) Done() bool                              { return c.ClientConversation.Done() }
+func (c *scramClient) Step(challenge string) (string, error) {
+	return c.ClientConversation.Step(challenge)
+}
+func (c *scramClient) Done() bool { return c.ClientConversation.Done() }
 
 func scramSHA256() sarama.SCRAMClient { return &scramClient{hash: sha256.New} }
 func scramSHA512() sarama.SCRAMClient { return &scramClient{hash: sha512.New} }

@@ -1,13 +1,39 @@
 // Package relay is the daemon loop: it wires replication -> mapping -> sink and
 // holds the exactly-once argument in one place.
+//
+// The argument, step by step:
+//
+//  1. Leadership. A session-level advisory lock on the source database names
+//     the one relay that may stream from the slot; a second relay is refused
+//     before it touches Kafka (or waits, as a standby).
+//  2. Fencing. The Kafka producer is created before anything is read: its
+//     InitProducerId bumps the epoch of the relay's transactional.id, fencing
+//     any zombie and aborting its open transaction.
+//  3. Resume. The checkpoint is read from Kafka (committed transactions only)
+//     and replication restarts at its LSN. The slot is never trusted alone:
+//     transactions at or before the checkpoint are skipped by the relay, and
+//     a transaction that was half published is skipped up to its change index.
+//  4. Atomic unit. Events and the checkpoint they reach are committed in one
+//     Kafka transaction. Only after that commit is the position acknowledged to
+//     the slot, so the slot never passes the checkpoint.
+//  5. Crash-only errors. Any failure - a produce error, a failed or timed-out
+//     commit, a lost connection - ends the session without aborting with the
+//     same producer epoch; the next session starts again at step 1.
 package relay
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/cdcrelay/cdcrelay/internal/config"
+	"github.com/cdcrelay/cdcrelay/mapping"
+	"github.com/cdcrelay/cdcrelay/replication"
+	"github.com/cdcrelay/cdcrelay/sink"
 )
 
 // Options are the `cdcrelay run` flags that are not part of relay.toml.
@@ -15,11 +41,179 @@ type Options struct {
 	// AllowSlotAhead starts even when the slot has been moved past the Kafka
 	// checkpoint (events between the two are lost; the operator accepts that).
 	AllowSlotAhead bool
-	Logger         *slog.Logger
+	// Standby waits for the active relay to go away instead of failing.
+	Standby bool
+	Logger  *slog.Logger
+}
+
+// FatalError is a failure that retrying cannot fix; `cdcrelay run` exits with it.
+type FatalError struct{ Err error }
+
+func (e *FatalError) Error() string { return e.Err.Error() }
+func (e *FatalError) Unwrap() error { return e.Err }
+
+func fatal(format string, args ...any) error {
+	return &FatalError{Err: fmt.Errorf(format, args...)}
 }
 
 // Run streams until ctx is cancelled (then returns nil after a clean stop) or a
-// fatal error occurs.
+// fatal error occurs. Transient failures of Postgres or Kafka are retried with
+// backoff, each session resuming from the Kafka checkpoint.
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {
-	return errors.New("not implemented yet")
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	mapper, err := mapping.New(cfg.Mappings)
+	if err != nil {
+		return &FatalError{Err: err}
+	}
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		s := &session{cfg: cfg, opts: opts, log: log, mapper: mapper}
+		started := time.Now()
+		err := s.run(ctx)
+		if ctx.Err() != nil {
+			log.Info("relay stopped", "slot", cfg.Postgres.Slot, "lsn", s.durable.LSN.String())
+			return nil
+		}
+		var fe *FatalError
+		if errors.As(err, &fe) || sink.IsFatal(err) {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff, attempt = time.Second, 1
+		}
+		log.Warn("relay session failed; reconnecting", "err", err, "attempt", attempt, "retry_in", backoff.String(), "slot", cfg.Postgres.Slot)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		if backoff < 30*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// session is one connection of both sides, from leadership to the first error.
+type session struct {
+	cfg    *config.Config
+	opts   Options
+	log    *slog.Logger
+	mapper *mapping.Mapper
+
+	durable sink.Checkpoint // committed in Kafka
+}
+
+func (s *session) run(ctx context.Context) error {
+	pg := &s.cfg.Postgres
+	lock, err := acquireLeadership(ctx, s.cfg, s.opts, s.log)
+	if err != nil {
+		return err
+	}
+	defer lock.Close(context.Background())
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	w, err := sink.NewWriter(ctx, &s.cfg.Kafka, s.log)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+
+	cp, found, err := w.Checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	slot, err := readSlot(ctx, lock.conn, pg.Slot)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !found:
+		cp = sink.Checkpoint{LSN: slot.confirmedFlush}
+		s.log.Info("no checkpoint in kafka yet; starting at the slot's position", "slot", pg.Slot, "lsn", cp.LSN.String())
+	case slot.confirmedFlush > cp.LSN && !s.opts.AllowSlotAhead:
+		return fatal("slot %s is at %s, ahead of the kafka checkpoint %s: changes between the two were never published "+
+			"(was the slot advanced or re-created by hand?); start with --allow-slot-ahead to accept the loss and continue from the slot",
+			pg.Slot, slot.confirmedFlush, cp.LSN)
+	case slot.confirmedFlush > cp.LSN:
+		s.log.Warn("slot is ahead of the kafka checkpoint; continuing from the slot as --allow-slot-ahead says", "slot", pg.Slot, "lsn", slot.confirmedFlush.String(), "checkpoint", cp.String())
+		cp = sink.Checkpoint{LSN: slot.confirmedFlush, Seq: cp.Seq, Backfills: cp.Backfills}
+	default:
+		s.log.Info("resuming from kafka checkpoint", "slot", pg.Slot, "lsn", cp.LSN.String(), "checkpoint", cp.String(), "slot_lsn", slot.confirmedFlush.String())
+	}
+	s.durable = cp
+	// Lose the lock, lose the right to publish: stop at once. (The lock's
+	// connection is free for the watcher from here on.)
+	go lock.watch(ctx, cancel)
+
+	stream, err := s.openStream(ctx, cp.LSN)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	s.log.Info("streaming", "slot", pg.Slot, "publication", pg.Publication, "lsn", cp.LSN.String())
+
+	p := newPipeline(s, stream, w)
+	err = p.run(ctx)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
+}
+
+// openStream starts replication. We hold the relay lock, so a slot that is
+// still in use is most likely held by the walsender of a relay that just died
+// and whose exit Postgres has not yet noticed: wait for it, within reason.
+func (s *session) openStream(ctx context.Context, start replication.LSN) (*replication.Stream, error) {
+	pg := &s.cfg.Postgres
+	deadline := time.Now().Add(slotBusyWait)
+	for {
+		stream, err := replication.Open(ctx, replication.StreamConfig{
+			DSN: pg.DSN, Slot: pg.Slot, Publication: pg.Publication,
+			Start: start, StatusInterval: pg.StatusInterval.Duration,
+		})
+		if err == nil || !errors.Is(err, replication.ErrSlotInUse) {
+			return stream, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fatal("%v: something other than cdcrelay streams from it (pg_recvlogical?); stop it first", err)
+		}
+		s.log.Info("slot still in use; waiting for the previous session to end", "slot", pg.Slot, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// slotBusyWait is how long a slot held by another session is waited for.
+const slotBusyWait = 30 * time.Second
+
+type slotInfo struct {
+	confirmedFlush replication.LSN
+}
+
+func readSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotInfo, error) {
+	var lsn *string
+	var plugin string
+	err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text, coalesce(plugin, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lsn, &plugin)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return slotInfo{}, fatal("replication slot %s does not exist: run `cdcrelay setup` first", slot)
+	}
+	if err != nil {
+		return slotInfo{}, fmt.Errorf("read slot %s: %w", slot, err)
+	}
+	if plugin != "pgoutput" || lsn == nil {
+		return slotInfo{}, fatal("replication slot %s is not a pgoutput logical slot (plugin %q)", slot, plugin)
+	}
+	l, err := replication.ParseLSN(*lsn)
+	if err != nil {
+		return slotInfo{}, err
+	}
+	return slotInfo{confirmedFlush: l}, nil
 }

@@ -1,0 +1,454 @@
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/cdcrelay/cdcrelay/internal/config"
+	"github.com/cdcrelay/cdcrelay/mapping"
+)
+
+// maxMetadataBytes stays below the broker's offset.metadata.max.bytes (4096).
+const maxMetadataBytes = 4000
+
+// defaultMaxMessageBytes is the broker's default message.max.bytes.
+const defaultMaxMessageBytes = 1048588
+
+// recordOverhead approximates a record's framing inside a batch.
+const recordOverhead = 80
+
+// Writer publishes events in Kafka transactions and keeps the checkpoint.
+//
+// Its error handling is crash-only: after any failed send or commit the Writer
+// refuses further work; the caller closes it, creates a new one (whose
+// producer, with a new epoch, fences every late request of the old one) and
+// learns from [Writer.Checkpoint] what was committed.
+type Writer struct {
+	cfg    *config.Kafka
+	client sarama.Client
+	log    *slog.Logger
+
+	epochPerTxn bool
+	prepared    chan prepared // the next producer, initialised in the background
+	current     sarama.AsyncProducer
+
+	limitsMu sync.Mutex
+	limits   map[string]int // max record size per topic
+	admin    sarama.ClusterAdmin
+
+	broken error
+}
+
+type prepared struct {
+	p   sarama.AsyncProducer
+	err error
+}
+
+// ErrBroken is returned by a Writer after a failure; close it and make a new one.
+var ErrBroken = errors.New("kafka writer failed earlier; it must be re-created")
+
+// NewWriter connects and creates the transactional producer. Creating it
+// fences any other producer with the same transactional.id and aborts that
+// producer's open transaction, so the checkpoint read afterwards is final.
+func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger) (*Writer, error) {
+	sc, err := SaramaConfig(cfg, true)
+	if err != nil {
+		return nil, err
+	}
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to kafka %v: %w", cfg.Brokers, err)
+	}
+	w := &Writer{
+		cfg:         cfg,
+		client:      client,
+		log:         log,
+		epochPerTxn: cfg.EpochPerTransaction == nil || *cfg.EpochPerTransaction,
+		limits:      map[string]int{},
+	}
+	p, err := w.newProducer(ctx)
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	w.current = p
+	return w, nil
+}
+
+// newProducer initialises a producer (InitProducerId: a new epoch), retrying
+// while the coordinator is still finishing the previous transaction or loading.
+func (w *Writer) newProducer(ctx context.Context) (sarama.AsyncProducer, error) {
+	backoff := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		p, err := sarama.NewAsyncProducerFromClient(w.client)
+		if err == nil {
+			return p, nil
+		}
+		if isFatal(err) {
+			return nil, fmt.Errorf("create transactional producer %q: %w", w.cfg.TransactionalID, err)
+		}
+		if attempt%20 == 0 {
+			w.log.Info("waiting for the transaction coordinator", "transactional_id", w.cfg.TransactionalID, "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("create transactional producer %q: %w (last error: %v)", w.cfg.TransactionalID, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		if backoff < 500*time.Millisecond {
+			backoff *= 2
+		}
+	}
+}
+
+// isFatal tells errors that no retry can cure.
+func isFatal(err error) bool {
+	return errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed) ||
+		errors.Is(err, sarama.ErrClusterAuthorizationFailed) ||
+		errors.Is(err, sarama.ErrTopicAuthorizationFailed) ||
+		errors.Is(err, sarama.ErrGroupAuthorizationFailed) ||
+		errors.Is(err, sarama.ErrSASLAuthenticationFailed) ||
+		errors.Is(err, sarama.ErrUnsupportedVersion)
+}
+
+// IsFatal tells whether err (from this package) needs an operator rather than a retry.
+func IsFatal(err error) bool { return isFatal(err) }
+
+// Checkpoint reads the last committed checkpoint. ok is false when the relay
+// has never committed one. Only committed transactions are visible: a pending
+// one makes the broker answer "unstable", and the read waits for it.
+func (w *Writer) Checkpoint(ctx context.Context) (cp Checkpoint, ok bool, err error) {
+	return ReadCheckpoint(ctx, w.client, w.cfg.CheckpointGroup, w.cfg.CheckpointTopic)
+}
+
+// ReadCheckpoint reads the checkpoint committed for group, waiting while a
+// transaction that carries one is still pending.
+func ReadCheckpoint(ctx context.Context, client sarama.Client, group, topic string) (cp Checkpoint, ok bool, err error) {
+	backoff := 10 * time.Millisecond
+	for {
+		cp, ok, err = fetchCheckpoint(client, group, topic)
+		if err == nil || isFatal(err) {
+			return cp, ok, err
+		}
+		select {
+		case <-ctx.Done():
+			return cp, false, fmt.Errorf("read checkpoint of group %s: %w (last error: %v)", group, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		if backoff < time.Second {
+			backoff *= 2
+		}
+		_ = client.RefreshCoordinator(group)
+	}
+}
+
+func fetchCheckpoint(client sarama.Client, group, topic string) (Checkpoint, bool, error) {
+	coord, err := client.Coordinator(group)
+	if err != nil {
+		return Checkpoint{}, false, err
+	}
+	if ok, _ := coord.Connected(); !ok {
+		// sarama closes a coordinator's connection after a failed request;
+		// the cached Broker must be reopened before use.
+		if err := coord.Open(client.Config()); err != nil && !errors.Is(err, sarama.ErrAlreadyConnected) {
+			return Checkpoint{}, false, err
+		}
+	}
+	req := &sarama.OffsetFetchRequest{Version: 7, ConsumerGroup: group, RequireStable: true}
+	req.AddPartition(topic, 0)
+	resp, err := coord.FetchOffset(req)
+	if err != nil {
+		_ = coord.Close()
+		return Checkpoint{}, false, err
+	}
+	if resp.Err != sarama.ErrNoError {
+		return Checkpoint{}, false, resp.Err
+	}
+	b := resp.GetBlock(topic, 0)
+	if b == nil {
+		return Checkpoint{}, false, fmt.Errorf("offset fetch for group %s: no answer for %s/0", group, topic)
+	}
+	if b.Err != sarama.ErrNoError {
+		return Checkpoint{}, false, b.Err
+	}
+	if b.Offset < 0 {
+		return Checkpoint{}, false, nil
+	}
+	var cp Checkpoint
+	if err := json.Unmarshal([]byte(b.Metadata), &cp); err != nil {
+		return Checkpoint{}, false, fmt.Errorf("checkpoint of group %s is unreadable (%q): %w", group, b.Metadata, err)
+	}
+	return cp, true, nil
+}
+
+// TooLargeError is an event larger than its topic accepts.
+type TooLargeError struct {
+	Topic string
+	Size  int
+	Limit int
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("event of %d bytes is larger than topic %s accepts (%d bytes)", e.Size, e.Topic, e.Limit)
+}
+
+// Txn is one open Kafka transaction.
+type Txn struct {
+	w    *Writer
+	p    sarama.AsyncProducer
+	sent int
+
+	mu     sync.Mutex
+	failed chan struct{}
+	err    error
+	done   chan struct{} // the error drain has finished
+}
+
+// Begin opens a Kafka transaction.
+func (w *Writer) Begin(ctx context.Context) (*Txn, error) {
+	if w.broken != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBroken, w.broken)
+	}
+	p, err := w.take(ctx)
+	if err != nil {
+		w.broken = err
+		return nil, err
+	}
+	if err := p.BeginTxn(); err != nil {
+		w.broken = err
+		p.AsyncClose()
+		return nil, fmt.Errorf("begin kafka transaction: %w", err)
+	}
+	t := &Txn{w: w, p: p, failed: make(chan struct{}), done: make(chan struct{})}
+	go t.drainErrors()
+	return t, nil
+}
+
+func (w *Writer) take(ctx context.Context) (sarama.AsyncProducer, error) {
+	if w.current != nil {
+		p := w.current
+		w.current = nil
+		return p, nil
+	}
+	if w.prepared != nil {
+		select {
+		case r := <-w.prepared:
+			w.prepared = nil
+			return r.p, r.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return w.newProducer(ctx)
+}
+
+func (t *Txn) drainErrors() {
+	defer close(t.done)
+	for pe := range t.p.Errors() {
+		t.fail(fmt.Errorf("produce to %s: %w", pe.Msg.Topic, pe.Err))
+	}
+}
+
+func (t *Txn) fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err == nil {
+		t.err = err
+		close(t.failed)
+	}
+}
+
+func (t *Txn) firstErr() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}
+
+// Send queues ev in the transaction. An event larger than its topic accepts
+// is refused with a *TooLargeError before anything is sent, and the
+// transaction stays usable.
+func (t *Txn) Send(ctx context.Context, ev *mapping.Event) error {
+	if err := t.firstErr(); err != nil {
+		return err
+	}
+	limit := t.w.maxRecordBytes(ev.Topic)
+	if size := ev.Size() + recordOverhead; size > limit {
+		return &TooLargeError{Topic: ev.Topic, Size: size, Limit: limit}
+	}
+	msg := &sarama.ProducerMessage{Topic: ev.Topic}
+	if ev.Key != nil {
+		msg.Key = sarama.ByteEncoder(ev.Key)
+	}
+	if ev.Value != nil {
+		msg.Value = sarama.ByteEncoder(ev.Value)
+	}
+	if len(ev.Headers) > 0 {
+		msg.Headers = make([]sarama.RecordHeader, len(ev.Headers))
+		for i, h := range ev.Headers {
+			msg.Headers[i] = sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value}
+		}
+	}
+	select {
+	case t.p.Input() <- msg:
+		t.sent++
+		return nil
+	case <-t.failed:
+		return t.firstErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Sent is the number of events queued in the transaction.
+func (t *Txn) Sent() int { return t.sent }
+
+// Commit adds cp to the transaction and commits it. On any error the outcome
+// is unknown: the Writer is broken, the transaction is NOT aborted with the
+// same epoch (a late abort or commit could then hit a later transaction,
+// KAFKA-17754), and the caller must re-create the Writer and read the
+// checkpoint to learn what happened.
+func (t *Txn) Commit(cp Checkpoint) error {
+	err := t.commit(cp)
+	if err != nil {
+		t.w.broken = err
+		t.p.AsyncClose()
+		return err
+	}
+	if t.w.epochPerTxn {
+		t.p.AsyncClose()
+		t.w.prepareNext()
+	} else {
+		t.w.current = t.p
+	}
+	return nil
+}
+
+func (t *Txn) commit(cp Checkpoint) error {
+	meta, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	if len(meta) > maxMetadataBytes {
+		return fmt.Errorf("checkpoint is %d bytes, more than the %d the broker stores", len(meta), maxMetadataBytes)
+	}
+	if err := t.firstErr(); err != nil {
+		return err
+	}
+	m := string(meta)
+	offsets := map[string][]*sarama.PartitionOffsetMetadata{
+		t.w.cfg.CheckpointTopic: {{Partition: 0, Offset: cp.Seq, Metadata: &m}},
+	}
+	if err := t.p.AddOffsetsToTxn(offsets, t.w.cfg.CheckpointGroup); err != nil {
+		return fmt.Errorf("add checkpoint %s to kafka transaction: %w", cp, err)
+	}
+	if err := t.p.CommitTxn(); err != nil {
+		if perr := t.firstErr(); perr != nil {
+			return fmt.Errorf("commit kafka transaction: %w (first produce error: %v)", err, perr)
+		}
+		return fmt.Errorf("commit kafka transaction: %w", err)
+	}
+	// CommitTxn waits for every queued message; a produce error reported on
+	// the Errors channel would have failed the commit, but check anyway.
+	if err := t.firstErr(); err != nil {
+		return fmt.Errorf("kafka transaction committed with a produce error: %w", err)
+	}
+	return nil
+}
+
+// Discard gives up the transaction without committing it. The Writer is
+// broken afterwards: the next producer's InitProducerId aborts the
+// transaction on the broker, with a new epoch.
+func (t *Txn) Discard() {
+	if t.w.broken == nil {
+		t.w.broken = errors.New("transaction discarded")
+	}
+	t.p.AsyncClose()
+}
+
+func (w *Writer) prepareNext() {
+	ch := make(chan prepared, 1)
+	w.prepared = ch
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.TransactionTimeout.Duration)
+		defer cancel()
+		p, err := w.newProducer(ctx)
+		ch <- prepared{p: p, err: err}
+	}()
+}
+
+// maxRecordBytes is the largest record topic accepts: its max.message.bytes,
+// capped by the producer's own limit.
+func (w *Writer) maxRecordBytes(topic string) int {
+	w.limitsMu.Lock()
+	defer w.limitsMu.Unlock()
+	if l, ok := w.limits[topic]; ok {
+		return l
+	}
+	limit := defaultMaxMessageBytes
+	if w.admin == nil {
+		if a, err := sarama.NewClusterAdminFromClient(w.client); err == nil {
+			w.admin = a
+		}
+	}
+	if w.admin != nil {
+		entries, err := w.admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"max.message.bytes"}})
+		if err == nil {
+			for _, e := range entries {
+				if e.Name == "max.message.bytes" {
+					if v, err := strconv.Atoi(e.Value); err == nil {
+						limit = v
+					}
+				}
+			}
+		}
+	}
+	if pl := w.client.Config().Producer.MaxMessageBytes; pl < limit {
+		limit = pl
+	}
+	w.limits[topic] = limit
+	return limit
+}
+
+// Close releases the producers and the connection. It never aborts a
+// transaction: that is left to the next producer's initialisation.
+func (w *Writer) Close() {
+	if w.current != nil {
+		w.current.AsyncClose()
+		w.current = nil
+	}
+	if w.prepared != nil {
+		ch := w.prepared
+		w.prepared = nil
+		go func() {
+			if r := <-ch; r.p != nil {
+				r.p.AsyncClose()
+			}
+		}()
+	}
+	// The admin shares the client; closing the client closes both.
+	_ = w.client.Close()
+}
+
+// Abort aborts a transaction on which Commit was never attempted (then no
+// late EndTxn of this epoch can exist), so read_committed consumers are not
+// held up until the transaction timeout. The Writer is broken afterwards.
+func (t *Txn) Abort() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = t.p.AbortTxn()
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	t.Discard()
+}
