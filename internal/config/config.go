@@ -25,12 +25,17 @@ type Config struct {
 // Relay names this relay; the name derives the slot, the publication, the
 // Kafka transactional.id and the checkpoint.
 type Relay struct {
-	Name     string `toml:"name"`
-	LogLevel string `toml:"log_level"` // debug, info (default), warn, error
+	// Name is lowercase letters, digits and underscores (at most 54), so the
+	// derived slot name is valid.
+	Name      string `toml:"name"`
+	LogLevel  string `toml:"log_level"`  // debug, info (default), warn, error
+	LogFormat string `toml:"log_format"` // text (default) or json
 }
 
 // Postgres is the source database.
 type Postgres struct {
+	// DSN is a libpq URL or key=value string; PG* environment variables and
+	// ~/.pgpass apply as in libpq. Required.
 	DSN         string `toml:"dsn"`
 	Slot        string `toml:"slot"`        // default "cdcrelay_<name>"
 	Publication string `toml:"publication"` // default "cdcrelay_<name>"
@@ -65,10 +70,10 @@ type Kafka struct {
 	// EpochPerTransaction re-initialises the producer after every commit so
 	// that no late request of an earlier transaction can touch a later one
 	// (see README, "Late transaction requests"). Default true.
-	EpochPerTransaction *bool `toml:"epoch_per_transaction"`
-	Topics             Topics `toml:"topics"`
-	TLS                TLS    `toml:"tls"`
-	SASL               SASL   `toml:"sasl"`
+	EpochPerTransaction *bool  `toml:"epoch_per_transaction"`
+	Topics              Topics `toml:"topics"`
+	TLS                 TLS    `toml:"tls"`
+	SASL                SASL   `toml:"sasl"`
 }
 
 // Topics controls topic creation by `cdcrelay setup`.
