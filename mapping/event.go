@@ -1,5 +1,7 @@
 package mapping
 
+import "time"
+
 // Event is one Kafka record to publish.
 type Event struct {
 	Topic string
@@ -8,6 +10,10 @@ type Event struct {
 	// Value nil is a tombstone.
 	Value   []byte
 	Headers []Header
+	// Timestamp is the event's time, for the record's CreateTime: the commit
+	// time, or the outbox timestamp_column / changelog time_column. Zero when
+	// unknown (the producer then stamps the record).
+	Timestamp time.Time
 }
 
 // Header is a Kafka record header.
@@ -23,4 +29,14 @@ func (e *Event) Size() int {
 		n += len(h.Key) + len(h.Value) + 8
 	}
 	return n
+}
+
+// Header returns the value of the first header named key.
+func (e *Event) Header(key string) ([]byte, bool) {
+	for _, h := range e.Headers {
+		if h.Key == key {
+			return h.Value, true
+		}
+	}
+	return nil, false
 }

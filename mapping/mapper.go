@@ -3,13 +3,15 @@ package mapping
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cdcrelay/cdcrelay/replication"
 )
 
 // RowError is a change that its mapping cannot turn into an event. It names
-// the table, the position and, where one is to blame, the column.
+// the table, the position and, where one is to blame, the column. The daemon
+// hands it to [Mapper.DeadLetter].
 type RowError struct {
 	Table  string
 	Pos    replication.Pos
@@ -25,39 +27,142 @@ func (e *RowError) Error() string {
 	return s + ": " + e.Reason
 }
 
-// Mapper maps changes of the configured tables to events.
+// Mapper maps changes of the configured tables to events. It holds no
+// mutable state after [New] and is safe for concurrent use.
 type Mapper struct {
 	rules map[string]*rule // by "schema.table"
 	order []string
+	opts  options
 }
+
+// Option tunes a [Mapper] with facts that are not part of a [[mapping]] section.
+type Option func(*options)
+
+type options struct {
+	relayName string
+	database  string
+	warn      func(*RowError)
+}
+
+// WithRelayName names the relay; the default dead-letter topic is
+// "cdcrelay.dlq.<name>" ("cdcrelay.dlq.default" without it).
+func WithRelayName(name string) Option { return func(o *options) { o.relayName = name } }
+
+// WithDatabase names the source database, for the envelopes' source.db and
+// the default CloudEvents source.
+func WithDatabase(name string) Option { return func(o *options) { o.database = name } }
+
+// WithWarnFunc receives the rows a mapping skips on purpose but that an
+// operator should hear about: an updated outbox or changelog row with
+// on_update = "warn". The daemon logs them (and counts them).
+func WithWarnFunc(f func(*RowError)) Option { return func(o *options) { o.warn = f } }
 
 type rule struct {
-	spec Spec
+	spec     Spec
+	m        *Mapper
+	topic    *template
+	key      *template // nil: the kind's default
+	headers  []namedTemplate
+	ceSource *template
+	ceType   *template
+	dlqTopic string
 }
 
-// New validates specs and builds a Mapper. Errors name the mapping by its
-// table and the offending key.
-func New(specs []Spec) (*Mapper, error) {
+type namedTemplate struct {
+	name string
+	t    *template
+}
+
+// New validates specs and builds a Mapper. It checks everything that does not
+// need the live schema (CheckRelation does the rest) and reports every problem
+// at once, each naming the mapping by its table and the offending key:
+//
+//	mapping "public.orders": key "rows.key_columns": "id" is listed twice
+func New(specs []Spec, opts ...Option) (*Mapper, error) {
 	m := &Mapper{rules: map[string]*rule{}}
+	for _, o := range opts {
+		o(&m.opts)
+	}
 	var errs []error
 	for i := range specs {
 		s := specs[i]
+		s.Headers = cloneMap(s.Headers)
+		name := fmt.Sprintf("mapping %d", i+1)
+		if s.Table == "" {
+			errs = append(errs, fmt.Errorf("%s: %w", name, kerr("table", "is required")))
+			continue
+		}
 		s.Table = QualifyTable(s.Table)
-		if err := s.normalize(); err != nil {
-			errs = append(errs, fmt.Errorf("mapping %d (table %q): %w", i+1, specs[i].Table, err))
+		name = fmt.Sprintf("mapping %q", s.Table)
+		if !validTableName(s.Table) {
+			errs = append(errs, fmt.Errorf("%s: %w", name, kerr("table", "%q is not \"schema.table\"", specs[i].Table)))
 			continue
 		}
 		if _, dup := m.rules[s.Table]; dup {
-			errs = append(errs, fmt.Errorf("mapping %d: table %q is mapped twice", i+1, s.Table))
+			errs = append(errs, fmt.Errorf("%s: %w", name, kerr("table", "the table is mapped twice (mapping %d)", i+1)))
 			continue
 		}
-		m.rules[s.Table] = &rule{spec: s}
-		m.order = append(m.order, s.Table)
+		r, ruleErrs := m.newRule(s)
+		for _, err := range ruleErrs {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		if len(ruleErrs) == 0 {
+			m.rules[s.Table] = r
+			m.order = append(m.order, s.Table)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+func (m *Mapper) newRule(s Spec) (*rule, []error) {
+	errs := s.normalize(m.opts.database)
+	if len(errs) > 0 && (s.Kind == "" || s.Envelope == "") {
+		return nil, errs
+	}
+	r := &rule{spec: s, m: m}
+	parse := func(key, src string) *template {
+		if src == "" {
+			return nil
+		}
+		t, err := parseTemplate(src)
+		if err != nil {
+			errs = append(errs, kerr(key, "%v", err))
+		}
+		return t
+	}
+	r.topic = parse("topic", s.Topic)
+	if r.topic != nil {
+		if lit, ok := r.topic.literal(); ok {
+			if err := checkTopicName("topic", lit); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	r.key = parse("key", s.Key)
+	if s.Kind == KindTable && slices.Contains(s.Rows.Ops, "truncate") {
+		if cols := r.topic.columns(); len(cols) > 0 {
+			errs = append(errs, kerr("rows.ops", "a truncate has no row, but topic names column %q: drop \"truncate\" or the column", cols[0]))
+		}
+	}
+	for _, name := range sortedKeys(s.Headers) {
+		if t := parse("headers."+name, s.Headers[name]); t != nil {
+			r.headers = append(r.headers, namedTemplate{name: name, t: t})
+		}
+	}
+	r.ceSource = parse("cloudevents.source", s.CloudEvents.Source)
+	r.ceType = parse("cloudevents.type", s.CloudEvents.Type)
+	r.dlqTopic = s.DeadLetterTopic
+	if r.dlqTopic == "" {
+		name := m.opts.relayName
+		if name == "" {
+			name = "default"
+		}
+		r.dlqTopic = "cdcrelay.dlq." + name
+	}
+	return r, errs
 }
 
 // QualifyTable returns "schema.table", adding "public." when no schema is given.
@@ -71,7 +176,7 @@ func QualifyTable(t string) string {
 // Tables lists the mapped tables as "schema.table", in configuration order.
 func (m *Mapper) Tables() []string { return append([]string(nil), m.order...) }
 
-// Spec returns the normalized spec of a mapped table.
+// Spec returns the normalized spec (defaults filled in) of a mapped table.
 func (m *Mapper) Spec(table string) (Spec, bool) {
 	r, ok := m.rules[table]
 	if !ok {
@@ -80,52 +185,178 @@ func (m *Mapper) Spec(table string) (Spec, bool) {
 	return r.spec, true
 }
 
-// Map maps one change. A change of an unmapped table maps to nothing.
+// Map maps one change to its events, in the order they are to be published.
+// A change of an unmapped table, or one its mapping filters out, maps to
+// nothing. A change the mapping cannot carry is a *[RowError]; the caller
+// decides with [Mapper.DeadLetter] what becomes of it.
 func (m *Mapper) Map(c *replication.Change) ([]Event, error) {
+	if c == nil || c.Relation == nil {
+		return nil, nil
+	}
 	r, ok := m.rules[c.Relation.QualifiedName()]
 	if !ok {
 		return nil, nil
 	}
-	switch r.spec.Kind {
-	case "outbox":
-		return r.mapOutbox(c)
+	v := newRowView(c)
+	if probs := r.checkRelation(c.Relation, v.idx); len(probs) > 0 {
+		p := probs[0]
+		return nil, &RowError{Table: r.spec.Table, Pos: c.Pos, Column: p.column,
+			Reason: fmt.Sprintf("the table no longer fits the mapping: key %q: %s", p.key, p.msg)}
 	}
-	return nil, &RowError{Table: r.spec.Table, Pos: c.Pos, Reason: "mapping kind " + r.spec.Kind + " is not implemented"}
+	var evs []Event
+	var err error
+	switch r.spec.Kind {
+	case KindOutbox:
+		evs, err = r.mapOutbox(v)
+	case KindTable:
+		evs, err = r.mapTable(v)
+	case KindChangelog:
+		evs, err = r.mapChangelog(v)
+	}
+	if err != nil {
+		return nil, r.rowError(c, err)
+	}
+	return evs, nil
 }
 
-func (s *Spec) normalize() error {
-	if s.Table == "" {
-		return errors.New("key \"table\" is required")
+// rowError wraps err as the *RowError of change c.
+func (r *rule) rowError(c *replication.Change, err error) *RowError {
+	var re *RowError
+	if errors.As(err, &re) {
+		return re
 	}
-	if s.OnError == "" {
-		s.OnError = "stop"
+	e := &RowError{Table: r.spec.Table, Pos: c.Pos, Reason: err.Error()}
+	var ce *colError
+	if errors.As(err, &ce) {
+		e.Column = ce.col
+		e.Reason = strings.Replace(e.Reason, fmt.Sprintf("column %q: ", ce.col), "", 1)
 	}
-	switch s.OnError {
-	case "stop", "dead-letter":
-	default:
-		return fmt.Errorf("key \"on_error\": %q is not one of \"stop\", \"dead-letter\"", s.OnError)
+	return e
+}
+
+// CheckRelation checks a mapped table's live schema against its mapping:
+// every column a template, a column key or a key list names must exist, and
+// a table with REPLICA IDENTITY FULL needs its key chosen. The daemon calls it
+// when a Relation arrives (at start and after ALTER TABLE); setup and check
+// call it with the schema they read. A relation of an unmapped table is fine.
+// Errors name the mapping and the key, as [New]'s do.
+func (m *Mapper) CheckRelation(rel *replication.Relation) error {
+	if rel == nil {
+		return nil
 	}
-	switch s.Kind {
-	case "outbox":
-		o := &s.Outbox
-		def := func(p *string, v string) {
-			if *p == "" {
-				*p = v
-			}
+	r, ok := m.rules[rel.QualifiedName()]
+	if !ok {
+		return nil
+	}
+	var errs []error
+	for _, p := range r.checkRelation(rel, columnIndex(rel)) {
+		errs = append(errs, fmt.Errorf("mapping %q: %w", r.spec.Table, kerr(p.key, "%s", p.msg)))
+	}
+	return errors.Join(errs...)
+}
+
+type relProblem struct {
+	key, column, msg string
+}
+
+func (r *rule) checkRelation(rel *replication.Relation, idx map[string]int) []relProblem {
+	var probs []relProblem
+	need := func(key, col string) {
+		if col == "" {
+			return
 		}
-		def(&o.ID, "id")
-		def(&o.AggregateType, "aggregatetype")
-		def(&o.AggregateID, "aggregateid")
-		def(&o.Type, "type")
-		def(&o.Payload, "payload")
-		def(&o.OnUpdate, "warn")
-		def(&s.Topic, "outbox.event.{"+o.AggregateType+"}")
-		def(&s.Key, "{"+o.AggregateID+"}")
-		def(&s.Envelope, "raw")
-	case "":
-		return errors.New("key \"kind\" is required (\"outbox\", \"changelog\" or \"table\")")
-	default:
-		return fmt.Errorf("key \"kind\": %q is not one of \"outbox\", \"changelog\", \"table\"", s.Kind)
+		if _, ok := idx[col]; !ok {
+			probs = append(probs, relProblem{key, col, fmt.Sprintf("column %q does not exist in %s", col, rel.QualifiedName())})
+		}
 	}
-	return nil
+	needTime := func(key, col string) {
+		i, ok := idx[col]
+		if col == "" || !ok {
+			return
+		}
+		if n := baseName(rel.Columns[i].Type); n != "timestamptz" && n != "timestamp" {
+			probs = append(probs, relProblem{key, col, fmt.Sprintf("column %q is %s, not timestamptz or timestamp", col, n)})
+		}
+	}
+	tmpl := func(key string, t *template) {
+		for _, col := range t.columns() {
+			need(key, col)
+		}
+	}
+	tmpl("topic", r.topic)
+	tmpl("key", r.key)
+	for _, h := range r.headers {
+		tmpl("headers."+h.name, h.t)
+	}
+	tmpl("cloudevents.source", r.ceSource)
+	tmpl("cloudevents.type", r.ceType)
+	s := &r.spec
+	switch s.Kind {
+	case KindOutbox:
+		o := &s.Outbox
+		need("outbox.id_column", o.ID)
+		need("outbox.aggregate_type_column", o.AggregateType)
+		need("outbox.aggregate_id_column", o.AggregateID)
+		need("outbox.type_column", o.Type)
+		need("outbox.payload_column", o.Payload)
+		need("outbox.timestamp_column", o.Timestamp)
+		needTime("outbox.timestamp_column", o.Timestamp)
+	case KindChangelog:
+		c := &s.Changelog
+		need("changelog.table_column", c.TableColumn)
+		need("changelog.schema_column", c.SchemaColumn)
+		need("changelog.op_column", c.OpColumn)
+		need("changelog.old_column", c.OldColumn)
+		need("changelog.new_column", c.NewColumn)
+		need("changelog.type_column", c.TypeColumn)
+		need("changelog.time_column", c.TimeColumn)
+		needTime("changelog.time_column", c.TimeColumn)
+		need("changelog.id_column", c.IDColumn)
+	case KindTable:
+		t := &s.Rows
+		for _, col := range t.Include {
+			need("rows.include_columns", col)
+		}
+		for _, col := range t.Exclude {
+			need("rows.exclude_columns", col)
+		}
+		for _, col := range t.KeyColumns {
+			need("rows.key_columns", col)
+		}
+		if len(t.KeyColumns) == 0 && r.key == nil && rel.ReplicaIdentity == 'f' && len(rel.Columns) > 1 {
+			probs = append(probs, relProblem{"rows.key_columns", "",
+				fmt.Sprintf("%s has REPLICA IDENTITY FULL, which marks every column as a key column: name the key with rows.key_columns (or key)", rel.QualifiedName())})
+		}
+	}
+	return probs
+}
+
+// baseName is the type's name after domains are resolved.
+func baseName(t *replication.Type) string {
+	for i := 0; t != nil && t.Kind == 'd' && t.Base != nil && i < maxTypeDepth; i++ {
+		t = t.Base
+	}
+	if t == nil {
+		return "unknown"
+	}
+	return t.Name
+}
+
+func columnIndex(rel *replication.Relation) map[string]int {
+	idx := make(map[string]int, len(rel.Columns))
+	for i, col := range rel.Columns {
+		idx[col.Name] = i
+	}
+	return idx
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
 }
