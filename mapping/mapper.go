@@ -59,6 +59,7 @@ func WithWarnFunc(f func(*RowError)) Option { return func(o *options) { o.warn =
 
 type rule struct {
 	spec     Spec
+	index    int // 1-based position in the configuration
 	m        *Mapper
 	topic    *template
 	key      *template // nil: the kind's default
@@ -87,26 +88,33 @@ func New(specs []Spec, opts ...Option) (*Mapper, error) {
 	for i := range specs {
 		s := specs[i]
 		s.Headers = cloneMap(s.Headers)
-		name := fmt.Sprintf("mapping %d", i+1)
+		fail := func(err error) {
+			ce := &ConfigError{Index: i + 1, Table: s.Table, Msg: err.Error()}
+			var ke *keyError
+			if errors.As(err, &ke) {
+				ce.Key, ce.Msg = ke.key, ke.msg
+			}
+			errs = append(errs, ce)
+		}
 		if s.Table == "" {
-			errs = append(errs, fmt.Errorf("%s: %w", name, kerr("table", "is required")))
+			fail(kerr("table", "is required"))
 			continue
 		}
 		s.Table = QualifyTable(s.Table)
-		name = fmt.Sprintf("mapping %q", s.Table)
 		if !validTableName(s.Table) {
-			errs = append(errs, fmt.Errorf("%s: %w", name, kerr("table", "%q is not \"schema.table\"", specs[i].Table)))
+			fail(kerr("table", "%q is not \"schema.table\"", specs[i].Table))
 			continue
 		}
-		if _, dup := m.rules[s.Table]; dup {
-			errs = append(errs, fmt.Errorf("%s: %w", name, kerr("table", "the table is mapped twice (mapping %d)", i+1)))
+		if prev, dup := m.rules[s.Table]; dup {
+			fail(kerr("table", "the table is mapped twice (mapping %d and %d)", prev.index, i+1))
 			continue
 		}
 		r, ruleErrs := m.newRule(s)
 		for _, err := range ruleErrs {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			fail(err)
 		}
 		if len(ruleErrs) == 0 {
+			r.index = i + 1
 			m.rules[s.Table] = r
 			m.order = append(m.order, s.Table)
 		}
@@ -115,6 +123,29 @@ func New(specs []Spec, opts ...Option) (*Mapper, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// ConfigError is one problem with one [[mapping]] section, from [New] or
+// [Mapper.CheckRelation]. New and CheckRelation return one or several,
+// joined with [errors.Join]; walk them with Unwrap() []error or errors.As.
+type ConfigError struct {
+	Index int    // 1-based position of the [[mapping]] section in relay.toml
+	Table string // the section's table, "schema.table" ("" when missing)
+	Key   string // the offending key, e.g. "rows.key_columns", "headers.tenant"
+	Msg   string
+}
+
+// Error reads `mapping "public.orders": key "rows.key_columns": ...`
+// (`mapping 3: ...` when the section has no table).
+func (e *ConfigError) Error() string {
+	s := fmt.Sprintf("mapping %d", e.Index)
+	if e.Table != "" {
+		s = fmt.Sprintf("mapping %q", e.Table)
+	}
+	if e.Key != "" {
+		s += fmt.Sprintf(": key %q", e.Key)
+	}
+	return s + ": " + e.Msg
 }
 
 func (m *Mapper) newRule(s Spec) (*rule, []error) {
@@ -250,7 +281,7 @@ func (m *Mapper) CheckRelation(rel *replication.Relation) error {
 	}
 	var errs []error
 	for _, p := range r.checkRelation(rel, columnIndex(rel)) {
-		errs = append(errs, fmt.Errorf("mapping %q: %w", r.spec.Table, kerr(p.key, "%s", p.msg)))
+		errs = append(errs, &ConfigError{Index: r.index, Table: r.spec.Table, Key: p.key, Msg: p.msg})
 	}
 	return errors.Join(errs...)
 }
