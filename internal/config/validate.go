@@ -1,10 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/IBM/sarama"
@@ -138,11 +137,6 @@ func checkTopicName(t string) string {
 	return ""
 }
 
-var (
-	mappingErr = regexp.MustCompile(`^mapping (\d+)(?: \(table "[^"]*"\))?: `)
-	mappingKey = regexp.MustCompile(`^key "([a-z_.]+)":? ?`)
-)
-
 func validateMappings(v *validator, c *Config) {
 	if len(c.Mappings) == 0 {
 		v.add("mapping", "at least one [[mapping]] section is required (e.g. table = \"public.outbox\", kind = \"outbox\")")
@@ -168,7 +162,7 @@ func validateMappings(v *validator, c *Config) {
 		}
 		first[t] = i
 	}
-	_, err := mapping.New(c.Mappings)
+	_, err := mapping.New(c.Mappings, mapping.WithRelayName(c.Relay.Name))
 	if err == nil {
 		return
 	}
@@ -177,27 +171,22 @@ func validateMappings(v *validator, c *Config) {
 		errs = j.Unwrap()
 	}
 	for _, e := range errs {
-		msg := e.Error()
-		m := mappingErr.FindStringSubmatch(msg)
-		if m == nil {
-			v.add("mapping", "%s", msg)
+		var me *mapping.ConfigError
+		if !errors.As(e, &me) {
+			v.add("mapping", "%s", e.Error())
 			continue
 		}
-		n, _ := strconv.Atoi(m[1])
-		if dup[n] && strings.Contains(msg, "mapped twice") {
-			continue
+		if dup[me.Index] && me.Key == "table" && strings.Contains(me.Msg, "twice") {
+			continue // reported above, with both lines
 		}
-		rest := msg[len(m[0]):]
-		key := fmt.Sprintf("mapping[%d]", n)
-		if k := mappingKey.FindStringSubmatch(rest); k != nil {
-			key += "." + k[1]
-			rest = rest[len(k[0]):]
+		key := fmt.Sprintf("mapping[%d]", me.Index)
+		if me.Key != "" {
+			key += "." + me.Key
 		}
-		if n >= 1 && n <= len(c.Mappings) {
-			if t := mapping.QualifyTable(c.Mappings[n-1].Table); t != "" && !strings.HasSuffix(key, ".table") {
-				rest += fmt.Sprintf(" (table %s)", t)
-			}
+		msg := me.Msg
+		if me.Table != "" && me.Key != "table" {
+			msg += fmt.Sprintf(" (table %s)", me.Table)
 		}
-		v.add(key, "%s", rest)
+		v.add(key, "%s", msg)
 	}
 }
