@@ -72,10 +72,11 @@ func (r *rule) mapChangelog(v *rowView) ([]Event, error) {
 		if val.Kind == replication.ValueNull {
 			return nil, nil
 		}
-		if !utf8.Valid(val.Text) || !json.Valid(val.Text) {
+		var buf bytes.Buffer
+		if !utf8.Valid(val.Text) || json.Compact(&buf, val.Text) != nil {
 			return nil, &colError{col: col, err: errors.New("value is not valid JSON")}
 		}
-		return val.Text, nil
+		return buf.Bytes(), nil
 	}
 	before, err := image(cl.OldColumn)
 	if err != nil {

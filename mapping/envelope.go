@@ -1,7 +1,9 @@
 package mapping
 
 import (
+	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -132,7 +134,11 @@ func structuredCE(b *built, source, ceType string) []byte {
 		switch b.dataKind {
 		case dataJSON:
 			v = append(v, `,"data":`...)
-			v = append(v, b.data...)
+			buf := bytes.NewBuffer(v)
+			if json.Compact(buf, b.data) != nil {
+				buf.Write(b.data) // not reached: the kinds validate their JSON
+			}
+			v = buf.Bytes()
 		case dataText:
 			v = append(v, `,"data":`...)
 			v = appendValidString(v, b.data) // checked by the kind

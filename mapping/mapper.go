@@ -354,6 +354,20 @@ func (r *rule) checkRelation(rel *replication.Relation, idx map[string]int) []re
 		for _, col := range t.KeyColumns {
 			need("rows.key_columns", col)
 		}
+		if slices.Contains(t.Ops, "delete") && rel.ReplicaIdentity != 'f' {
+			// A delete carries only the replica identity's columns.
+			for _, tk := range []struct {
+				key string
+				t   *template
+			}{{"topic", r.topic}, {"key", r.key}} {
+				for _, col := range tk.t.columns() {
+					if i, ok := idx[col]; ok && !rel.Columns[i].Key {
+						probs = append(probs, relProblem{tk.key, col, fmt.Sprintf(
+							"column %q is not part of %s's replica identity, so a delete does not carry it: use key columns, drop \"delete\" from rows.ops or set REPLICA IDENTITY FULL", col, rel.QualifiedName())})
+					}
+				}
+			}
+		}
 		if len(t.KeyColumns) == 0 && r.key == nil && rel.ReplicaIdentity == 'f' && len(rel.Columns) > 1 {
 			probs = append(probs, relProblem{"rows.key_columns", "",
 				fmt.Sprintf("%s has REPLICA IDENTITY FULL, which marks every column as a key column: name the key with rows.key_columns (or key)", rel.QualifiedName())})

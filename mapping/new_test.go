@@ -101,7 +101,7 @@ func TestNewReportsEveryProblem(t *testing.T) {
 		t.Fatalf("got %d errors, want 3: %v", len(errs), err)
 	}
 	for i, want := range []struct {
-		index     int
+		index      int
 		table, key string
 	}{{1, "public.a", "on_error"}, {1, "public.a", "envelope"}, {2, "public.b", "rows.ops"}} {
 		ce := errs[i].(*ConfigError)
