@@ -100,6 +100,9 @@ func (r *rule) mapChangelog(v *rowView) ([]Event, error) {
 			return nil, err
 		}
 		if typ.Kind == replication.ValueText {
+			if !utf8.Valid(typ.Text) {
+				return nil, &colError{col: cl.TypeColumn, err: errors.New("the event type is not valid UTF-8")}
+			}
 			b.typ = string(typ.Text)
 			b.headers = append(b.headers, Header{Key: "type", Value: typ.Text})
 		}
