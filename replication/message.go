@@ -109,6 +109,9 @@ type Column struct {
 	Type *Type
 	// Key is true for the columns of the replica identity (usually the primary key).
 	Key bool
+	// PrimaryKey is true for the columns of the table's primary key, whatever
+	// the replica identity (with REPLICA IDENTITY FULL every column is Key).
+	PrimaryKey bool
 }
 
 // Type describes a column's data type, resolved from pg_type.

@@ -70,7 +70,11 @@ func Open(ctx context.Context, cfg StreamConfig) (*Stream, error) {
 	pc.RuntimeParams["timezone"] = "UTC"
 	pc.RuntimeParams["datestyle"] = "ISO, YMD"
 	pc.RuntimeParams["intervalstyle"] = "postgres"
-	pc.RuntimeParams["extra_float_digits"] = "3"
+	// Shortest exact float output, hex bytea, C-locale money: the value
+	// encoding in package mapping depends on these text forms.
+	pc.RuntimeParams["extra_float_digits"] = "1"
+	pc.RuntimeParams["bytea_output"] = "hex"
+	pc.RuntimeParams["lc_monetary"] = "C"
 	pc.RuntimeParams["application_name"] = "cdcrelay"
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
@@ -309,12 +313,16 @@ func values(rel *Relation, t *pglogrepl.TupleData) ([]Value, error) {
 
 func (s *Stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*Relation, error) {
 	rel := &Relation{ID: m.RelationID, Schema: m.Namespace, Table: m.RelationName, ReplicaIdentity: m.ReplicaIdentity}
+	pk, err := s.types.primaryKey(ctx, m.RelationID)
+	if err != nil {
+		return nil, fmt.Errorf("table %s.%s: %w", m.Namespace, m.RelationName, err)
+	}
 	for _, c := range m.Columns {
 		t, err := s.types.get(ctx, c.DataType)
 		if err != nil {
 			return nil, fmt.Errorf("table %s.%s column %s: %w", m.Namespace, m.RelationName, c.Name, err)
 		}
-		rel.Columns = append(rel.Columns, Column{Name: c.Name, Type: t, Key: c.Flags&1 != 0})
+		rel.Columns = append(rel.Columns, Column{Name: c.Name, Type: t, Key: c.Flags&1 != 0, PrimaryKey: pk[c.Name]})
 	}
 	return rel, nil
 }
@@ -349,6 +357,44 @@ func (tc *typeCache) get(ctx context.Context, oid uint32) (*Type, error) {
 	return tc.resolve(ctx, oid, 0)
 }
 
+// primaryKey lists the primary key columns of the table with OID rel (a
+// relation message says only which columns form the replica identity).
+func (tc *typeCache) primaryKey(ctx context.Context, rel uint32) (map[string]bool, error) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if err := tc.connect(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := tc.conn.Query(ctx, `
+		SELECT a.attname FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		WHERE i.indrelid = $1::int8::oid AND i.indisprimary`, int64(rel))
+	if err != nil {
+		return nil, fmt.Errorf("read primary key: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read primary key: %w", err)
+	}
+	pk := make(map[string]bool, len(names))
+	for _, n := range names {
+		pk[n] = true
+	}
+	return pk, nil
+}
+
+func (tc *typeCache) connect(ctx context.Context) error {
+	if tc.conn != nil {
+		return nil
+	}
+	c, err := pgx.Connect(ctx, tc.dsn)
+	if err != nil {
+		return fmt.Errorf("catalog connection: %w", err)
+	}
+	tc.conn = c
+	return nil
+}
+
 func (tc *typeCache) resolve(ctx context.Context, oid uint32, depth int) (*Type, error) {
 	if t, ok := tc.types[oid]; ok {
 		return t, nil
@@ -356,12 +402,8 @@ func (tc *typeCache) resolve(ctx context.Context, oid uint32, depth int) (*Type,
 	if depth > 8 {
 		return nil, fmt.Errorf("type %d: nesting too deep", oid)
 	}
-	if tc.conn == nil {
-		c, err := pgx.Connect(ctx, tc.dsn)
-		if err != nil {
-			return nil, fmt.Errorf("connect to resolve type %d: %w", oid, err)
-		}
-		tc.conn = c
+	if err := tc.connect(ctx); err != nil {
+		return nil, err
 	}
 	var (
 		name           string

@@ -283,7 +283,7 @@ func (t *Txn) Send(ctx context.Context, ev *mapping.Event) error {
 	if size := ev.Size() + recordOverhead; size > limit {
 		return &TooLargeError{Topic: ev.Topic, Size: size, Limit: limit}
 	}
-	msg := &sarama.ProducerMessage{Topic: ev.Topic}
+	msg := &sarama.ProducerMessage{Topic: ev.Topic, Timestamp: ev.Timestamp}
 	if ev.Key != nil {
 		msg.Key = sarama.ByteEncoder(ev.Key)
 	}

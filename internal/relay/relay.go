@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cdcrelay/cdcrelay/internal/config"
 	"github.com/cdcrelay/cdcrelay/mapping"
@@ -64,7 +65,12 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	mapper, err := mapping.New(cfg.Mappings)
+	mapper, err := mapping.New(cfg.Mappings,
+		mapping.WithRelayName(cfg.Relay.Name),
+		mapping.WithDatabase(databaseName(cfg.Postgres.DSN)),
+		mapping.WithWarnFunc(func(e *mapping.RowError) {
+			log.Warn("row skipped", "table", e.Table, "lsn", e.Pos.CommitLSN.String(), "column", e.Column, "reason", e.Reason)
+		}))
 	if err != nil {
 		return &FatalError{Err: err}
 	}
@@ -193,6 +199,15 @@ func (s *session) openStream(ctx context.Context, start replication.LSN) (*repli
 
 // slotBusyWait is how long a slot held by another session is waited for.
 const slotBusyWait = 30 * time.Second
+
+// databaseName is the database a DSN connects to, for event metadata.
+func databaseName(dsn string) string {
+	pc, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return ""
+	}
+	return pc.Database
+}
 
 type slotInfo struct {
 	confirmedFlush replication.LSN
