@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cdcrelay/cdcrelay/internal/config"
+	"github.com/cdcrelay/cdcrelay/replication"
+	"github.com/cdcrelay/cdcrelay/sink"
+)
+
+// statusOut is `cdcrelay status --output json`.
+type statusOut struct {
+	Relay       string                       `json:"relay"`
+	Slot        *replication.SlotInfo        `json:"slot"`
+	Publication *replication.PublicationInfo `json:"publication"`
+	Checkpoint  *checkpointOut               `json:"checkpoint"`
+	// Errors: what could not be read, by side ("postgres", "kafka").
+	Errors   map[string]string `json:"errors,omitempty"`
+	Warnings []string          `json:"warnings"`
+}
+
+type checkpointOut struct {
+	Group string `json:"group"`
+	Found bool   `json:"found"`
+	LSN   string `json:"lsn,omitempty"`
+	// TxLSN and TxNext: a large transaction is published up to change TxNext.
+	TxLSN  string `json:"tx_lsn,omitempty"`
+	TxNext int    `json:"tx_next,omitempty"`
+	Seq    int64  `json:"transactions"`
+	// LagBytes is the server's current WAL position minus the checkpoint.
+	LagBytes *int64 `json:"lag_bytes,omitempty"`
+
+	lsn replication.LSN
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the replication slot, the publication and the Kafka checkpoint",
+		Long: `status shows where the relay stands, read-only:
+
+  slot         exists, active (and the backend pid), confirmed_flush_lsn,
+               restart_lsn, the WAL it keeps on the server's disk (current WAL
+               position minus restart_lsn), wal_status and safe_wal_size
+  publication  the tables it publishes
+  checkpoint   the position committed in Kafka with the last events, and how
+               far the server's WAL is ahead of it
+
+It warns when the slot is lost or about to be, and when the slot is ahead of the
+checkpoint (the relay would refuse to start). It exits 1 when Postgres or Kafka
+cannot be read.`,
+		Example: `  cdcrelay status
+  cdcrelay status --output json | jq .slot.retained_wal_bytes`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			cfg, err := a.loadConfig()
+			if err != nil {
+				return err
+			}
+			st := readStatus(cmd.Context(), cfg)
+			if output == "json" {
+				enc := json.NewEncoder(a.stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+			} else {
+				printStatus(a.stdout, cfg, st)
+			}
+			if len(st.Errors) > 0 {
+				if output == "json" {
+					return &silentError{code: exitFailure}
+				}
+				return fmt.Errorf("status incomplete: %s", strings.Join(mapValues(st.Errors), "; "))
+			}
+			return nil
+		},
+	}
+	outputFlag(cmd, &output)
+	return cmd
+}
+
+func mapValues(m map[string]string) []string {
+	var out []string
+	for _, k := range []string{"postgres", "kafka"} {
+		if v, ok := m[k]; ok {
+			out = append(out, k+": "+v)
+		}
+	}
+	return out
+}
+
+func readStatus(ctx context.Context, cfg *config.Config) *statusOut {
+	st := &statusOut{Relay: cfg.Relay.Name, Errors: map[string]string{}, Warnings: []string{}}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if conn, err := connectPostgres(pctx, cfg, "status"); err != nil {
+		st.Errors["postgres"] = err.Error()
+	} else {
+		defer conn.Close(context.Background())
+		if st.Slot, err = replication.SlotStatus(pctx, conn, cfg.Postgres.Slot); err != nil {
+			st.Errors["postgres"] = err.Error()
+		} else if st.Publication, err = replication.PublicationStatus(pctx, conn, cfg.Postgres.Publication); err != nil {
+			st.Errors["postgres"] = err.Error()
+		}
+	}
+
+	kctx, kcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer kcancel()
+	cp, found, err := sink.LoadCheckpoint(kctx, &cfg.Kafka)
+	if err != nil {
+		st.Errors["kafka"] = err.Error()
+	} else {
+		co := &checkpointOut{Group: cfg.Kafka.CheckpointGroup, Found: found}
+		if found {
+			co.lsn = cp.LSN
+			co.LSN, co.Seq, co.TxNext = cp.LSN.String(), cp.Seq, cp.TxNext
+			if cp.TxLSN != 0 {
+				co.TxLSN = cp.TxLSN.String()
+			}
+			if st.Slot != nil {
+				lag := int64(st.Slot.CurrentLSN) - int64(cp.LSN)
+				co.LagBytes = &lag
+			}
+		}
+		st.Checkpoint = co
+	}
+	st.Warnings = statusWarnings(cfg, st)
+	return st
+}
+
+func statusWarnings(cfg *config.Config, st *statusOut) []string {
+	w := []string{}
+	if s := st.Slot; s != nil {
+		switch {
+		case !s.Exists:
+			w = append(w, fmt.Sprintf("replication slot %s does not exist: run `cdcrelay setup`", s.Slot))
+		case s.WALStatus == "lost":
+			w = append(w, fmt.Sprintf("replication slot %s is LOST: the server removed WAL it needed, changes were never published. "+
+				"Recover: `cdcrelay teardown --yes`, `cdcrelay setup`, `cdcrelay run`, then `cdcrelay backfill` each mapped table", s.Slot))
+		case s.WALStatus == "unreserved":
+			w = append(w, fmt.Sprintf("replication slot %s retains more WAL than max_slot_wal_keep_size: it will be invalidated at the next checkpoint unless the relay catches up", s.Slot))
+		case s.SafeWALSize != nil && s.MaxSlotWALKeepSize > 0 && *s.SafeWALSize < s.MaxSlotWALKeepSize/5:
+			w = append(w, fmt.Sprintf("replication slot %s is close to max_slot_wal_keep_size: only %s more WAL before it is invalidated", s.Slot, bytesText(*s.SafeWALSize)))
+		}
+		if s.Exists && st.Checkpoint != nil && st.Checkpoint.Found && s.ConfirmedFlushLSN > st.Checkpoint.lsn {
+			w = append(w, fmt.Sprintf("the slot (%s) is ahead of the Kafka checkpoint (%s): someone moved it, changes in between were not published; `cdcrelay run` refuses to start without --allow-slot-ahead",
+				s.ConfirmedFlushLSN, st.Checkpoint.LSN))
+		}
+	}
+	if p := st.Publication; p != nil && !p.Exists {
+		w = append(w, fmt.Sprintf("publication %s does not exist: run `cdcrelay setup`", p.Name))
+	}
+	return w
+}
+
+func printStatus(w io.Writer, cfg *config.Config, st *statusOut) {
+	row := func(k, v string) { fmt.Fprintf(w, "  %-20s %s\n", k, v) }
+	fmt.Fprintf(w, "Relay %s\n", cfg.Relay.Name)
+	switch s := st.Slot; {
+	case s == nil:
+		fmt.Fprintf(w, "Slot %s\n", cfg.Postgres.Slot)
+		row("error", st.Errors["postgres"])
+	case !s.Exists:
+		fmt.Fprintf(w, "Slot %s\n", s.Slot)
+		row("exists", "no")
+	default:
+		fmt.Fprintf(w, "Slot %s (%s, database %s)\n", s.Slot, s.Plugin, s.Database)
+		row("exists", "yes")
+		if s.Active {
+			row("active", fmt.Sprintf("yes, backend pid %d", s.ActivePID))
+		} else {
+			row("active", "no")
+		}
+		row("confirmed_flush_lsn", s.ConfirmedFlushLSN.String())
+		row("restart_lsn", s.RestartLSN.String())
+		row("retained WAL", fmt.Sprintf("%s (server at %s)", bytesText(s.RetainedWALBytes), s.CurrentLSN))
+		row("unconfirmed WAL", bytesText(s.LagBytes))
+		row("wal_status", s.WALStatus)
+		if s.SafeWALSize == nil {
+			row("safe_wal_size", "unlimited (max_slot_wal_keep_size = -1)")
+		} else {
+			row("safe_wal_size", bytesText(*s.SafeWALSize))
+		}
+	}
+	if p := st.Publication; p != nil {
+		fmt.Fprintf(w, "Publication %s\n", p.Name)
+		switch {
+		case !p.Exists:
+			row("exists", "no")
+		case p.AllTables:
+			row("tables", "all tables (FOR ALL TABLES)")
+		default:
+			row("tables", strings.Join(p.Tables, ", "))
+		}
+	}
+	fmt.Fprintf(w, "Kafka checkpoint (group %s, %s)\n", cfg.Kafka.CheckpointGroup, strings.Join(cfg.Kafka.Brokers, ","))
+	switch c := st.Checkpoint; {
+	case c == nil:
+		row("error", st.Errors["kafka"])
+	case !c.Found:
+		row("lsn", "none yet (the relay has not committed a transaction)")
+	default:
+		v := c.LSN
+		if c.LagBytes != nil {
+			v += fmt.Sprintf(" (%s behind the server)", bytesText(*c.LagBytes))
+		}
+		row("lsn", v)
+		if c.TxLSN != "" {
+			row("inside transaction", fmt.Sprintf("%s, %d changes published", c.TxLSN, c.TxNext))
+		}
+		row("transactions", fmt.Sprint(c.Seq))
+	}
+	for _, warn := range st.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warn)
+	}
+}
+
+func bytesText(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f := float64(n)
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		f /= unit
+		if f < unit && f > -unit {
+			return fmt.Sprintf("%.1f %s", f, u)
+		}
+	}
+	return fmt.Sprintf("%.1f PiB", f/unit)
+}
