@@ -264,6 +264,7 @@ func TestBadConfigs(t *testing.T) {
 		{"bad slot", relay + pg + "slot = \"My-Slot\"\n" + kafka + mappings, "postgres.slot", 5, "replication slot name"},
 		{"missing brokers", relay + pg + "[kafka]\n" + mappings, "kafka.brokers", 5, "is required"},
 		{"empty brokers", relay + pg + "[kafka]\nbrokers = []\n" + mappings, "kafka.brokers", 6, "at least one broker"},
+		{"brokers in one string", relay + pg + "[kafka]\nbrokers = [\"a:9092,b:9092\"]\n" + mappings, "kafka.brokers", 6, "one broker per element"},
 		{"broker without port", relay + pg + "[kafka]\nbrokers = [\"kafka\"]\n" + mappings, "kafka.brokers", 6, "not host:port"},
 		{"bad topic name", relay + pg + kafka + "checkpoint_topic = \"cp topic\"\n" + mappings, "kafka.checkpoint_topic", 7, "topic name"},
 		{"old kafka version", relay + pg + kafka + "version = \"2.0.0\"\n" + mappings, "kafka.version", 7, "too old"},
@@ -350,14 +351,37 @@ func TestRepositoryExample(t *testing.T) {
 	if err != nil {
 		t.Skipf("no relay.toml yet: %v", err)
 	}
-	if _, err := ParseWithEnv(path, data, env(map[string]string{"CDCRELAY_PG_DSN": "postgres://postgres@127.0.0.1:5432/shop", "CDCRELAY_KAFKA_BROKERS": "127.0.0.1:9092"})); err != nil {
+	c, err := ParseWithEnv(path, data, env(map[string]string{"CDCRELAY_PG_DSN": "postgres://postgres@127.0.0.1:5433/shop", "CDCRELAY_KAFKA_BROKERS": "127.0.0.1:9093"}))
+	if err != nil {
 		t.Fatalf("relay.toml: %v", err)
 	}
+	if c.Postgres.DSN != "postgres://postgres@127.0.0.1:5433/shop" || c.Kafka.Brokers[0] != "127.0.0.1:9093" {
+		t.Errorf("relay.toml does not take the addresses from the environment: %q %v", c.Postgres.DSN, c.Kafka.Brokers)
+	}
+	c, err = ParseWithEnv(path, data, env(nil))
+	if err != nil {
+		t.Fatalf("relay.toml without the environment: %v", err)
+	}
+	if c.Postgres.DSN != "postgres://cdcrelay@127.0.0.1:5432/shop" || c.Kafka.Brokers[0] != "127.0.0.1:9092" {
+		t.Errorf("relay.toml's fallbacks: dsn %q brokers %v", c.Postgres.DSN, c.Kafka.Brokers)
+	}
+	// Every key is documented, as "key =" (commented out when it shows the
+	// default). [[mapping]] keys beyond the basics live in docs/mapping.md.
 	text := string(data)
+	basics := map[string]bool{"table": true, "kind": true, "topic": true, "key": true, "headers": true,
+		"envelope": true, "on_error": true, "dead_letter_topic": true}
 	for _, key := range allKeys(reflectConfig, "") {
 		last := key[strings.LastIndexByte(key, '.')+1:]
-		if !strings.Contains(text, last) {
+		if strings.HasPrefix(key, "mapping.") && !basics[last] {
+			continue
+		}
+		if !strings.Contains(text, "\n"+last+" =") && !strings.Contains(text, "# "+last+" =") {
 			t.Errorf("relay.toml does not document %s", key)
+		}
+	}
+	for _, section := range []string{"[relay]", "[postgres]", "[kafka]", "[kafka.topics]", "[kafka.tls]", "[kafka.sasl]", "[batch]", "[metrics]", "[[mapping]]"} {
+		if !strings.Contains(text, "\n"+section+"\n") {
+			t.Errorf("relay.toml has no %s section", section)
 		}
 	}
 }

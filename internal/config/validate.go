@@ -41,6 +41,8 @@ func validateKafka(v *validator, k *Kafka) {
 	for _, b := range k.Brokers {
 		host, port, err := splitHostPort(b)
 		switch {
+		case strings.ContainsAny(b, ", \t"):
+			v.add("kafka.brokers", "%q: write one broker per element: brokers = [\"a:9092\", \"b:9092\"]", b)
 		case err != nil:
 			v.add("kafka.brokers", "%q is not host:port: %v", b, err)
 		case host == "" || port <= 0:
