@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
+	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/cobra"
 
 	"github.com/cdcrelay/cdcrelay/internal/config"
+	"github.com/cdcrelay/cdcrelay/mapping"
 	"github.com/cdcrelay/cdcrelay/replication"
 	"github.com/cdcrelay/cdcrelay/sink"
 )
@@ -17,6 +20,7 @@ func (a *app) checkCmd() *cobra.Command {
 	var (
 		output     string
 		configOnly bool
+		printCfg   bool
 		skipPG     bool
 		skipKafka  bool
 	)
@@ -49,7 +53,10 @@ Exit status: 0 everything is ready, 1 a check failed, 2 configuration error.`,
   cdcrelay check --config deploy/relay.toml --config-only
 
   # machine-readable
-  cdcrelay check --output json`,
+  cdcrelay check --output json
+
+  # every setting in effect, defaults included, passwords masked
+  cdcrelay check --print-config`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output); err != nil {
@@ -62,6 +69,9 @@ Exit status: 0 everything is ready, 1 a check failed, 2 configuration error.`,
 			p, err := newPlan(cfg)
 			if err != nil {
 				return err
+			}
+			if printCfg {
+				return printEffectiveConfig(a.stdout, cfg)
 			}
 			r := newCheckReport()
 			r.section("configuration", "Configuration "+a.configPath)
@@ -94,6 +104,7 @@ Exit status: 0 everything is ready, 1 a check failed, 2 configuration error.`,
 	}
 	outputFlag(cmd, &output)
 	cmd.Flags().BoolVar(&configOnly, "config-only", false, "validate the configuration only; connect to nothing")
+	cmd.Flags().BoolVar(&printCfg, "print-config", false, "print the effective configuration (defaults filled in, secrets masked) and exit")
 	cmd.Flags().BoolVar(&skipPG, "skip-postgres", false, "do not check Postgres")
 	cmd.Flags().BoolVar(&skipKafka, "skip-kafka", false, "do not check Kafka")
 	return cmd
@@ -166,4 +177,25 @@ func (a *app) checkKafka(ctx context.Context, cfg *config.Config, p *plan, r *ch
 	}
 	r.add("kafka", "transactions", probe.TransactionalID, "ok",
 		fmt.Sprintf("transactions work: a probe transaction (transactional.id %s) was %s", probe.TransactionalID, what), "")
+}
+
+// printEffectiveConfig writes cfg as TOML with every default filled in (the
+// mappings as the mapping package completes them) and the secrets masked.
+func printEffectiveConfig(w io.Writer, cfg *config.Config) error {
+	r := cfg.Redacted()
+	m, err := mapping.New(cfg.Mappings, mapping.WithRelayName(cfg.Relay.Name))
+	if err != nil {
+		return err
+	}
+	r.Mappings = nil
+	for _, table := range m.Tables() {
+		spec, _ := m.Spec(table)
+		r.Mappings = append(r.Mappings, spec)
+	}
+	b, err := toml.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
 }

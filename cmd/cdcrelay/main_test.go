@@ -243,3 +243,25 @@ func TestCompletion(t *testing.T) {
 		t.Errorf("__complete: exit %d: %s", code, out)
 	}
 }
+
+func TestPrintConfigMasksSecrets(t *testing.T) {
+	tw := newTripwire(t)
+	t.Setenv("CDCRELAY_TEST_SASL_PASSWORD", "sasl-secret-1")
+	cfg := strings.Replace(tw.config("[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"${CDCRELAY_TEST_SASL_PASSWORD}\"\n"),
+		"postgres://cdcrelay@", "postgres://cdcrelay:pg-secret-2@", 1)
+	code, out, errOut := run(t, "check", "--print-config", "--config", writeConfig(t, cfg))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"slot = 'cdcrelay_shop'", "transactional_id = 'cdcrelay-shop'", "topic = 'outbox.event.{aggregatetype}'", "cdcrelay:xxxxx@"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "sasl-secret-1") || strings.Contains(out, "pg-secret-2") {
+		t.Errorf("a secret is printed:\n%s", out)
+	}
+	if n := tw.conns.Load(); n != 0 {
+		t.Errorf("--print-config made %d connection attempts", n)
+	}
+}
