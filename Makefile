@@ -1,0 +1,61 @@
+# cdcrelay: build, test, and the Postgres + Kafka servers the tests run against.
+#
+#   make build        bin/cdcrelay
+#   make test         start private servers, go test -race ./..., stop them
+#   make test TESTFLAGS='-run TestX -v' PKG=./sink/...   (narrower run)
+#   make dev-up       start long-running dev servers in .dev/ (then: . .dev/env.sh)
+#   make dev-down     stop them
+#   make kafka-jars   fetch the pinned Kafka broker into the cache (done by test/dev-up)
+#   make vet | lint
+
+SHELL := /bin/bash
+
+GO ?= go
+PKG ?= ./...
+TESTFLAGS ?=
+TEST_TIMEOUT ?= 25m
+
+# The broker version pinned in testdata/kafka/pom.xml, and where its jars go.
+KAFKA_POM := testdata/kafka/pom.xml
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' $(KAFKA_POM))
+CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
+CDCRELAY_KAFKA_JARS ?= $(CACHE_HOME)/cdcrelay/kafka-$(KAFKA_VERSION)
+export CDCRELAY_KAFKA_JARS
+
+DEV_DIR := .dev
+DEVENV := bin/devenv
+
+.PHONY: all build test kafka-jars dev-up dev-down vet lint fmt-check devenv
+
+all: build
+
+build:
+	$(GO) build -o bin/cdcrelay ./cmd/cdcrelay
+
+# Fetches once: a stamp in the jar directory records the pom it came from.
+kafka-jars:
+	@internal/testenv/scripts/kafka-jars.sh $(KAFKA_POM) "$(CDCRELAY_KAFKA_JARS)"
+
+test: kafka-jars
+	@internal/testenv/scripts/test.sh -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(PKG)
+
+devenv:
+	$(GO) build -o $(DEVENV) ./internal/testenv/cmd/devenv
+
+dev-up: kafka-jars devenv
+	@$(DEVENV) up --dir $(DEV_DIR)
+
+dev-down: devenv
+	@$(DEVENV) down --dir $(DEV_DIR)
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# golangci-lint runs when it is installed (with the repo's config, if any).
+lint: fmt-check vet
+	@if command -v golangci-lint >/dev/null; then golangci-lint run ./...; \
+	else echo "lint: golangci-lint not installed; ran gofmt and go vet only"; fi

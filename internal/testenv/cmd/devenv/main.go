@@ -1,0 +1,223 @@
+// Command devenv starts and stops a Postgres server and a Kafka broker that stay
+// up in the background: the shared servers of `make test`, and the development
+// servers of `make dev-up` / `make dev-down`.
+//
+//	devenv up --dir DIR     start both, write DIR/env.sh, print the addresses
+//	devenv down --dir DIR   stop every server under DIR and remove DIR
+//
+// DIR/env.sh exports CDCRELAY_TEST_PG_DSN, CDCRELAY_TEST_KAFKA_BROKERS and
+// CDCRELAY_KAFKA_JARS for the tests, CDCRELAY_TESTENV_DIR so that private servers
+// of tests land under DIR too (and `down` catches any a killed test left behind),
+// and the Postgres data and bin directories plus a cdcrelay_pg_ctl shell function
+// for scripts that want to restart the server.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cdcrelay/cdcrelay/internal/testenv"
+)
+
+const usage = `usage: devenv up --dir DIR     start Postgres and Kafka in the background
+       devenv down --dir DIR   stop them (and any other server under DIR), remove DIR`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, usage)
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	dir := fs.String("dir", "", "directory for the servers, their logs and env.sh")
+	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage) }
+	_ = fs.Parse(os.Args[2:])
+	if *dir == "" || fs.NArg() > 0 {
+		fs.Usage()
+		os.Exit(2)
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch os.Args[1] {
+	case "up":
+		err = up(ctx, abs)
+	case "down":
+		err = down(ctx, abs)
+	default:
+		fs.Usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "devenv:", err)
+	os.Exit(1)
+}
+
+// state is what up records in DIR/devenv.json.
+type state struct {
+	PostgresDSN  string   `json:"postgres_dsn"`
+	PostgresData string   `json:"postgres_data"`
+	PostgresBin  string   `json:"postgres_bin"`
+	PostgresUser string   `json:"postgres_os_user,omitempty"`
+	PostgresLog  string   `json:"postgres_log"`
+	KafkaBrokers []string `json:"kafka_brokers"`
+	KafkaDir     string   `json:"kafka_dir"`
+	KafkaJars    string   `json:"kafka_jars"`
+	KafkaPID     int      `json:"kafka_pid"`
+}
+
+func up(ctx context.Context, dir string) error {
+	stateFile := filepath.Join(dir, "devenv.json")
+	if b, err := os.ReadFile(stateFile); err == nil {
+		var st state
+		if err := json.Unmarshal(b, &st); err != nil {
+			return fmt.Errorf("%s: %w (run `devenv down --dir %s`)", stateFile, err, dir)
+		}
+		var pgUp, kafkaUp bool
+		for _, s := range testenv.FindServers(dir) {
+			pgUp = pgUp || s.Dir == st.PostgresData
+			kafkaUp = kafkaUp || s.Dir == st.KafkaDir
+		}
+		switch {
+		case pgUp && kafkaUp:
+			fmt.Printf("devenv: already up in %s\n", dir)
+			printState(dir, st)
+			return nil
+		case pgUp || kafkaUp:
+			return fmt.Errorf("%s is half up (postgres running: %v, kafka running: %v): run `devenv down --dir %s` first",
+				dir, pgUp, kafkaUp, dir)
+		}
+		fmt.Printf("devenv: servers in %s are gone; starting new ones\n", dir)
+		if err := cleanup(ctx, dir); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	// Under root the Postgres OS user must reach DIR's subdirectories.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+
+	begin := time.Now()
+	type pgResult struct {
+		pg  *testenv.Postgres
+		err error
+	}
+	pgc := make(chan pgResult, 1)
+	go func() { // Postgres starts while the JVM warms up
+		pg, err := testenv.StartPostgres(ctx, testenv.PostgresOptions{ParentDir: dir})
+		pgc <- pgResult{pg, err}
+	}()
+	kafka, kerr := testenv.StartKafka(ctx, testenv.KafkaOptions{ParentDir: dir, Detach: true})
+	pr := <-pgc
+	if err := errors.Join(pr.err, kerr); err != nil {
+		if pr.pg != nil {
+			pr.pg.Close()
+		}
+		if kafka != nil {
+			kafka.Close()
+		}
+		_ = cleanup(context.Background(), dir)
+		return err
+	}
+	pg := pr.pg
+	st := state{
+		PostgresDSN:  pg.DSN("postgres"),
+		PostgresData: pg.DataDir(),
+		PostgresBin:  pg.BinDir(),
+		PostgresUser: pg.OSUser(),
+		PostgresLog:  pg.LogFile(),
+		KafkaBrokers: kafka.Brokers(),
+		KafkaDir:     kafka.Dir(),
+		KafkaJars:    kafka.JarDir(),
+		KafkaPID:     kafka.PID(),
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	err := errors.Join(
+		os.WriteFile(stateFile, append(b, '\n'), 0o644),
+		os.WriteFile(filepath.Join(dir, "env.sh"), []byte(envScript(dir, st)), 0o644))
+	if err != nil {
+		_ = cleanup(context.Background(), dir)
+		return err
+	}
+	fmt.Printf("devenv: up in %s after %.1fs\n", dir, time.Since(begin).Seconds())
+	printState(dir, st)
+	return nil
+}
+
+func printState(dir string, st state) {
+	fmt.Printf("  postgres: %s\n  kafka:    %s\n  use:      . %s\n",
+		st.PostgresDSN, strings.Join(st.KafkaBrokers, ","), filepath.Join(dir, "env.sh"))
+}
+
+func envScript(dir string, st state) string {
+	q := shellQuote
+	var b strings.Builder
+	fmt.Fprintf(&b, "# written by devenv up; source it: . %s\n", q(filepath.Join(dir, "env.sh")))
+	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvPostgresDSN, q(st.PostgresDSN))
+	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvKafkaBrokers, q(strings.Join(st.KafkaBrokers, ",")))
+	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvKafkaJars, q(st.KafkaJars))
+	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvPostgresBin, q(st.PostgresBin))
+	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvDir, q(filepath.Join(dir, "private")))
+	fmt.Fprintf(&b, "export CDCRELAY_PG_DATA=%s\n", q(st.PostgresData))
+	fmt.Fprintf(&b, "export CDCRELAY_PG_OS_USER=%s\n", q(st.PostgresUser))
+	fmt.Fprintf(&b, "export CDCRELAY_PG_LOG=%s\n", q(st.PostgresLog))
+	fmt.Fprintf(&b, "export CDCRELAY_KAFKA_LOG=%s\n", q(filepath.Join(st.KafkaDir, "logs", "server.log")))
+	b.WriteString(`# cdcrelay_pg_ctl ARGS...: pg_ctl on the dev server as the user that owns it,
+# e.g. cdcrelay_pg_ctl restart -m immediate
+cdcrelay_pg_ctl() {
+	if [ -n "$CDCRELAY_PG_OS_USER" ]; then
+		runuser -u "$CDCRELAY_PG_OS_USER" -- "$CDCRELAY_PG_BIN/pg_ctl" -D "$CDCRELAY_PG_DATA" -l "$CDCRELAY_PG_LOG" -w "$@"
+	else
+		"$CDCRELAY_PG_BIN/pg_ctl" -D "$CDCRELAY_PG_DATA" -l "$CDCRELAY_PG_LOG" -w "$@"
+	fi
+}
+`)
+	return b.String()
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func down(ctx context.Context, dir string) error {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		fmt.Printf("devenv: nothing in %s\n", dir)
+		return nil
+	}
+	return cleanup(ctx, dir)
+}
+
+// cleanup stops every server under dir and removes dir.
+func cleanup(ctx context.Context, dir string) error {
+	var errs []error
+	for _, s := range testenv.StopServers(ctx, dir) {
+		if s.Err != nil {
+			errs = append(errs, fmt.Errorf("stop %s (pid %d) in %s: %w", s.Kind, s.PID, s.Dir, s.Err))
+			continue
+		}
+		fmt.Printf("devenv: stopped %s (pid %d) in %s\n", s.Kind, s.PID, s.Dir)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...) // keep the directory: a server may still use it
+	}
+	return testenv.RemoveServerDirs(dir)
+}

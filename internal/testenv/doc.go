@@ -1,0 +1,40 @@
+// Package testenv runs the real servers that cdcrelay's tests need: a throw-away
+// PostgreSQL cluster with wal_level=logical, and a single-node Apache Kafka broker
+// (KRaft, combined broker and controller) started from the jars that `make
+// kafka-jars` caches. It never fakes a server; in-process fakes belong in the unit
+// tests of the package that uses them.
+//
+// There are two ways in:
+//
+//   - Shared servers. `make test` starts one Postgres and one Kafka for the whole
+//     run (with the devenv command in cmd/devenv) and names them in environment
+//     variables. Tests reach them through [PostgresDSN], [NewDatabase] (a fresh
+//     database per test, dropped afterwards) and [KafkaBrokers]. When a variable is
+//     missing the test is skipped, or fails if CDCRELAY_TEST_REQUIRE_SERVERS=1 (as
+//     `make test` sets it), so a test can never pass on CI by skipping.
+//
+//   - Private servers. A test that restarts, crashes or reconfigures a server must
+//     not disturb the tests of other packages, so it starts its own with
+//     [NewPostgres] / [NewKafka] (or [StartPostgres] / [StartKafka] outside of a
+//     test). A [Proxy] between the clients and a server injects faults: abrupt
+//     resets, pauses, and stalls that deliver held bytes late. [KafkaOptions.Proxy]
+//     puts one in front of Kafka's client listener, whose advertised address is the
+//     proxy's, so that clients which learn broker addresses from metadata keep
+//     going through it.
+//
+// Postgres refuses to run as root: under uid 0 the cluster runs as the OS user
+// cdcrelaypg, created on first use. Every server lives in its own directory under
+// CDCRELAY_TESTENV_DIR (else the system temp dir); `devenv down --dir DIR` stops
+// whatever servers it finds under DIR, including private ones that a killed test
+// binary left running.
+//
+// Environment variables:
+//
+//	CDCRELAY_TEST_PG_DSN           shared Postgres, superuser DSN (set by make test)
+//	CDCRELAY_TEST_KAFKA_BROKERS    shared Kafka bootstrap list, comma-separated
+//	CDCRELAY_TEST_REQUIRE_SERVERS  1: a missing server fails the test instead of skipping it
+//	CDCRELAY_KAFKA_JARS            directory with the broker jars (default: the cache
+//	                               that `make kafka-jars` fills, see [DefaultKafkaJarDir])
+//	CDCRELAY_PG_BIN                directory with initdb, pg_ctl, postgres (default: found on PATH)
+//	CDCRELAY_TESTENV_DIR           parent directory for the servers' own directories
+package testenv
