@@ -34,37 +34,20 @@ type chaosEnv struct {
 
 func startChaosEnv(t *testing.T, pgOpts testenv.PostgresOptions) *chaosEnv {
 	t.Helper()
-	testenv.RequirePrivateServers(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	e := &chaosEnv{dir: t.TempDir()}
 	var err error
 	if e.bin, err = e2e.Binary(); err != nil {
 		t.Fatal(err)
 	}
-	if e.pg, err = testenv.StartPostgres(ctx, pgOpts); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.pg.Close() })
+	e.pg = testenv.NewPostgres(t, pgOpts)
 	if e.pgProxy, err = testenv.NewProxy(e.pg.Addr()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.pgProxy.Close() })
-
-	// Clients learn broker addresses from metadata, so the broker must
-	// advertise the proxy for the relay's traffic to pass through it.
-	ports, err := testenv.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.kafka, err = testenv.StartKafka(ctx, testenv.KafkaOptions{ExternalAdvertisedPort: ports[0]}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.kafka.Close() })
-	if e.kProxy, err = testenv.NewProxyOn(ports[0], e.kafka.ExternalAddr()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.kProxy.Close() })
+	// Clients learn broker addresses from metadata: with Proxy the broker
+	// advertises the proxy, so all the relay's traffic passes through it.
+	e.kafka = testenv.NewKafka(t, testenv.KafkaOptions{Proxy: true})
+	e.kProxy = e.kafka.Proxy()
 	e.brokers = e.kafka.InternalBrokers()
 	return e
 }
@@ -418,6 +401,19 @@ kind = "outbox"
 		t.Fatalf("second relay: exit %d, want a refusal naming the running relay:\n%s", code, second.Output())
 	}
 	t.Logf("second relay refused (exit %d): %s", code, lastLine(second.Output()))
+
+	// What the relay went through, from its own log: the faults must have
+	// hit it mid-flight for this test to mean anything.
+	logb, _ := os.ReadFile(logPath)
+	relayLog := string(logb)
+	resumes := strings.Count(relayLog, "resuming from kafka checkpoint")
+	inside := strings.Count(relayLog, "inside transaction")
+	failures := strings.Count(relayLog, "relay session failed")
+	t.Logf("relay log: %d resumes from a checkpoint (%d inside the large transaction), %d failed sessions retried in-process",
+		resumes, inside, failures)
+	if resumes < kills/2 {
+		t.Errorf("only %d resumes from a Kafka checkpoint in %d runs: the kills did not interrupt a streaming relay", resumes, kills)
+	}
 
 	total := int(w.committed.Load())
 	recs, err := e2e.ReadCommitted(ctx, e.brokers, []string{"outbox.event.order"}, total, 8*time.Second)
