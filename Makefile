@@ -40,7 +40,7 @@ test: kafka-jars
 	@internal/testenv/scripts/test.sh -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(PKG)
 
 devenv:
-	$(GO) build -o $(DEVENV) ./internal/testenv/cmd/devenv
+	@$(GO) build -o $(DEVENV) ./internal/testenv/cmd/devenv
 
 dev-up: kafka-jars devenv
 	@$(DEVENV) up --dir $(DEV_DIR)
