@@ -11,7 +11,7 @@ import (
 type LSN = pglogrepl.LSN
 
 // Message is one item of the decoded stream, in WAL order: [*Begin], [*Change],
-// [*Commit] or [*Keepalive].
+// [*LogicalMessage], [*Commit] or [*Keepalive].
 type Message interface{ isMessage() }
 
 // Begin opens a transaction. Postgres sends a transaction only once it has
@@ -31,6 +31,15 @@ type Commit struct {
 	CommitTime time.Time
 	// Changes is how many [Change] messages the transaction carried.
 	Changes int
+}
+
+// LogicalMessage is a transactional pg_logical_emit_message() whose prefix
+// starts with "cdcrelay": backfill requests and watermarks travel this way,
+// so they reach the relay in commit order with the changes around them.
+type LogicalMessage struct {
+	Prefix  string
+	Content []byte
+	LSN     LSN
 }
 
 // Keepalive reports the server's position while no transaction is being sent:
@@ -142,10 +151,11 @@ type Value struct {
 	Text []byte
 }
 
-func (*Begin) isMessage()     {}
-func (*Commit) isMessage()    {}
-func (*Keepalive) isMessage() {}
-func (*Change) isMessage()    {}
+func (*Begin) isMessage()          {}
+func (*Commit) isMessage()         {}
+func (*Keepalive) isMessage()      {}
+func (*LogicalMessage) isMessage() {}
+func (*Change) isMessage()         {}
 
 // ParseLSN parses Postgres's text form of a WAL position.
 func ParseLSN(s string) (LSN, error) { return pglogrepl.ParseLSN(s) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,9 @@ type Stream struct {
 	walEnd  LSN       // latest server WAL position seen
 }
 
+// MessagePrefix starts the prefix of every logical message the relay reads.
+const MessagePrefix = "cdcrelay"
+
 // ErrSlotInUse is returned by [Open] when another session streams from the slot.
 var ErrSlotInUse = errors.New("replication slot is in use by another process")
 
@@ -89,7 +93,7 @@ func Open(ctx context.Context, cfg StreamConfig) (*Stream, error) {
 	}
 	s.durable.Store(uint64(cfg.Start))
 	err = pglogrepl.StartReplication(ctx, conn, cfg.Slot, cfg.Start, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", cfg.Publication)},
+		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", cfg.Publication), "messages 'true'"},
 	})
 	if err != nil {
 		conn.Close(context.Background())
@@ -259,8 +263,13 @@ func (s *Stream) decode(ctx context.Context, xld pglogrepl.XLogData) (Message, e
 		first := s.pending[0]
 		s.pending = s.pending[1:]
 		return first, nil
+	case *pglogrepl.LogicalDecodingMessage:
+		if m.Transactional && strings.HasPrefix(m.Prefix, MessagePrefix) {
+			return &LogicalMessage{Prefix: m.Prefix, Content: m.Content, LSN: m.LSN}, nil
+		}
 	}
-	// Origin, Type and logical decoding messages carry nothing the relay maps.
+	// Origin and Type messages, and other applications' logical messages,
+	// carry nothing the relay maps.
 	return nil, nil
 }
 

@@ -102,10 +102,16 @@ func (p *Process) Stop(grace time.Duration) error {
 
 // Wait waits for the process to exit by itself, up to d.
 func (p *Process) Wait(d time.Duration) (exitCode int, err error) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
 	select {
 	case <-p.done:
-	case <-time.After(d):
-		return -1, fmt.Errorf("cdcrelay still running after %s", d)
+	default:
+		select {
+		case <-p.done:
+		case <-timer.C:
+			return -1, fmt.Errorf("cdcrelay still running after %s", d)
+		}
 	}
 	var ee *exec.ExitError
 	if errors.As(p.err, &ee) {

@@ -363,6 +363,10 @@ kind = "outbox"
 		if f := faults[kills]; f != nil {
 			time.Sleep(time.Duration(300+rnd.Intn(1500)) * time.Millisecond)
 			f()
+			// Outlive the stalls: the relay's own requests must time out,
+			// and it must recover in-process (new producer epoch, outcome
+			// from the checkpoint) before the late traffic is delivered.
+			time.Sleep(12 * time.Second)
 		}
 		time.Sleep(time.Duration(200+rnd.Intn(2500)) * time.Millisecond)
 		if p.Exited() {
@@ -411,6 +415,9 @@ kind = "outbox"
 	failures := strings.Count(relayLog, "relay session failed")
 	t.Logf("relay log: %d resumes from a checkpoint (%d inside the large transaction), %d failed sessions retried in-process",
 		resumes, inside, failures)
+	if failures == 0 {
+		t.Errorf("the relay never recovered in-process from a fault: the stalls did not reach it")
+	}
 	if resumes < kills/2 {
 		t.Errorf("only %d resumes from a Kafka checkpoint in %d runs: the kills did not interrupt a streaming relay", resumes, kills)
 	}

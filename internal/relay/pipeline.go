@@ -41,16 +41,19 @@ type pipeline struct {
 	readErr chan error
 
 	// committer state
-	txn        *sink.Txn
-	txnEvents  int
-	txnBytes   int64
-	txnOpened  time.Time
-	pending    sink.Checkpoint // what the open transaction (or the next one) reaches
-	inTx       bool
-	cur        replication.Begin
-	skipAll    bool // the current transaction is already published
-	skipBelow  int  // changes with a smaller index are already published
-	lastCommit time.Time
+	txn          *sink.Txn
+	txnEvents    int
+	txnBytes     int64
+	txnOpened    time.Time
+	txnTopics    map[string]int
+	lastSource   time.Time // commit time of the last source transaction seen whole
+	serverWALEnd replication.LSN
+	pending      sink.Checkpoint // what the open transaction (or the next one) reaches
+	inTx         bool
+	cur          replication.Begin
+	skipAll      bool // the current transaction is already published
+	skipBelow    int  // changes with a smaller index are already published
+	lastCommit   time.Time
 }
 
 func newPipeline(s *session, stream *replication.Stream, w *sink.Writer) *pipeline {
@@ -228,6 +231,7 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 		}
 	case *replication.Commit:
 		p.inTx = false
+		p.lastSource = m.CommitTime
 		if !p.skipAll && m.EndLSN > p.pending.LSN {
 			p.pending.LSN = m.EndLSN
 		}
@@ -238,6 +242,8 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 		if !p.inTx && m.WALEnd > p.pending.LSN {
 			p.pending.LSN = m.WALEnd
 		}
+		p.serverWALEnd = max(p.serverWALEnd, m.WALEnd)
+		p.s.obs.Position(p.serverWALEnd, p.s.durable.LSN)
 	}
 	return nil
 }
@@ -255,6 +261,7 @@ func (p *pipeline) publish(ctx context.Context, c *replication.Change) error {
 		if !ok {
 			return fatal("%v; the relay stops because the mapping's on_error is \"stop\" (fix the row or set on_error = \"dead-letter\")", err)
 		}
+		p.s.obs.DeadLettered(c.Relation.QualifiedName(), re.Reason)
 		p.log.Warn("row sent to the dead-letter topic", "table", c.Relation.QualifiedName(), "lsn", c.Pos.CommitLSN.String(), "topic", dl.Topic, "err", err)
 		evs = []mapping.Event{dl}
 	}
@@ -273,6 +280,7 @@ func (p *pipeline) send(ctx context.Context, c *replication.Change, ev *mapping.
 			return err
 		}
 		p.txn, p.txnEvents, p.txnBytes, p.txnOpened = txn, 0, 0, time.Time{}
+		p.txnTopics = map[string]int{}
 	}
 	err := p.txn.Send(ctx, ev)
 	var tl *sink.TooLargeError
@@ -282,6 +290,7 @@ func (p *pipeline) send(ctx context.Context, c *replication.Change, ev *mapping.
 			return fatal("table %s at lsn %s (change %d): %v; the relay stops because the mapping's on_error is \"stop\"",
 				c.Relation.QualifiedName(), c.Pos.CommitLSN, c.Pos.Index, err)
 		}
+		p.s.obs.DeadLettered(c.Relation.QualifiedName(), "event too large")
 		p.log.Warn("oversized event sent to the dead-letter topic", "table", c.Relation.QualifiedName(), "lsn", c.Pos.CommitLSN.String(), "topic", ev.Topic, "size", tl.Size, "limit", tl.Limit)
 		err = p.txn.Send(ctx, &dl)
 		ev = &dl
@@ -291,6 +300,7 @@ func (p *pipeline) send(ctx context.Context, c *replication.Change, ev *mapping.
 	}
 	p.txnEvents++
 	p.txnBytes += int64(ev.Size())
+	p.txnTopics[ev.Topic]++
 	return nil
 }
 
@@ -310,9 +320,15 @@ func (p *pipeline) commit(ctx context.Context) error {
 	p.txn = nil
 	started := time.Now()
 	if err := txn.Commit(cp); err != nil {
-		return fmt.Errorf("kafka transaction %d (checkpoint %s, %d events): %w", cp.Seq, cp, p.txnEvents, err)
+		err = fmt.Errorf("kafka transaction %d (checkpoint %s, %d events): %w", cp.Seq, cp, p.txnEvents, err)
+		p.s.obs.CommitFailed(err)
+		return err
 	}
-	p.log.Debug("committed", "seq", cp.Seq, "events", p.txnEvents, "lsn", cp.LSN.String(), "took", time.Since(started).String())
+	took := time.Since(started)
+	p.log.Debug("committed", "seq", cp.Seq, "events", p.txnEvents, "lsn", cp.LSN.String(), "took", took.String())
+	p.s.obs.Committed(CommitInfo{Seq: cp.Seq, Events: p.txnTopics, Took: took, LSN: cp.LSN, SourceCommitTime: p.lastSource})
+	p.s.obs.Position(p.serverWALEnd, cp.LSN)
+	p.txnTopics = nil
 	p.s.durable = cp
 	p.pending = cp
 	p.lastCommit = time.Now()

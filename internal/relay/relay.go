@@ -45,6 +45,8 @@ type Options struct {
 	// Standby waits for the active relay to go away instead of failing.
 	Standby bool
 	Logger  *slog.Logger
+	// Observer is told about sessions and commits (metrics, health).
+	Observer Observer
 }
 
 // FatalError is a failure that retrying cannot fix; `cdcrelay run` exits with it.
@@ -74,18 +76,49 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err != nil {
 		return &FatalError{Err: err}
 	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
+	// The lock is held across sessions: a session that fails for any other
+	// reason keeps it, so no second relay slips in while this one retries.
+	var lock *leaderLock
+	var previousPID uint32
+	defer func() {
+		if lock != nil {
+			lock.Close()
+		}
+	}()
 	backoff := time.Second
 	for attempt := 1; ; attempt++ {
-		s := &session{cfg: cfg, opts: opts, log: log, mapper: mapper}
+		var err error
+		if lock != nil && lock.alive(ctx) != nil {
+			previousPID = lock.pid
+			lock.Close()
+			lock = nil
+		}
+		if lock == nil {
+			lock, err = acquireLeadership(ctx, cfg, opts, log, previousPID)
+		}
+		s := &session{cfg: cfg, opts: opts, log: log, mapper: mapper, obs: opts.Observer}
 		started := time.Now()
-		err := s.run(ctx)
+		if err == nil {
+			err = s.run(ctx, lock)
+		}
 		if ctx.Err() != nil {
+			s.obs.SessionEnded(nil)
 			log.Info("relay stopped", "slot", cfg.Postgres.Slot, "lsn", s.durable.LSN.String())
 			return nil
 		}
+		s.obs.SessionEnded(err)
 		var fe *FatalError
 		if errors.As(err, &fe) || sink.IsFatal(err) {
 			return err
+		}
+		var lost *lockLostError
+		if errors.As(err, &lost) && lock != nil {
+			previousPID = lock.pid
+			lock.Close()
+			lock = nil
 		}
 		if time.Since(started) > time.Minute {
 			backoff, attempt = time.Second, 1
@@ -108,18 +141,13 @@ type session struct {
 	opts   Options
 	log    *slog.Logger
 	mapper *mapping.Mapper
+	obs    Observer
 
 	durable sink.Checkpoint // committed in Kafka
 }
 
-func (s *session) run(ctx context.Context) error {
+func (s *session) run(ctx context.Context, lock *leaderLock) error {
 	pg := &s.cfg.Postgres
-	lock, err := acquireLeadership(ctx, s.cfg, s.opts, s.log)
-	if err != nil {
-		return err
-	}
-	defer lock.Close(context.Background())
-
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -153,8 +181,16 @@ func (s *session) run(ctx context.Context) error {
 	}
 	s.durable = cp
 	// Lose the lock, lose the right to publish: stop at once. (The lock's
-	// connection is free for the watcher from here on.)
-	go lock.watch(ctx, cancel)
+	// connection is the watcher's from here on.)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		lock.watch(ctx, cancel)
+	}()
+	defer func() {
+		cancel(nil)
+		<-watchDone
+	}()
 
 	stream, err := s.openStream(ctx, cp.LSN)
 	if err != nil {
@@ -162,6 +198,7 @@ func (s *session) run(ctx context.Context) error {
 	}
 	defer stream.Close()
 	s.log.Info("streaming", "slot", pg.Slot, "publication", pg.Publication, "lsn", cp.LSN.String())
+	s.obs.Streaming()
 
 	p := newPipeline(s, stream, w)
 	err = p.run(ctx)
