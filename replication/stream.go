@@ -69,16 +69,12 @@ func Open(ctx context.Context, cfg StreamConfig) (*Stream, error) {
 		return nil, fmt.Errorf("postgres.dsn: %w", err)
 	}
 	pc.RuntimeParams["replication"] = "database"
-	// The text form of timestamptz depends on the session's TimeZone; pin it
-	// so encoded values do not change with the server's configuration.
-	pc.RuntimeParams["timezone"] = "UTC"
-	pc.RuntimeParams["datestyle"] = "ISO, YMD"
-	pc.RuntimeParams["intervalstyle"] = "postgres"
-	// Shortest exact float output, hex bytea, C-locale money: the value
-	// encoding in package mapping depends on these text forms.
-	pc.RuntimeParams["extra_float_digits"] = "1"
-	pc.RuntimeParams["bytea_output"] = "hex"
-	pc.RuntimeParams["lc_monetary"] = "C"
+	// Values' text form depends on session settings (TimeZone, DateStyle,
+	// float digits, bytea output, money locale); pin them, because the value
+	// encoding in package mapping depends on these forms.
+	for k, v := range textFormatParams {
+		pc.RuntimeParams[k] = v
+	}
 	pc.RuntimeParams["application_name"] = "cdcrelay"
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
