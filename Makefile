@@ -5,6 +5,7 @@
 #   make test TESTFLAGS='-run TestX -v' PKG=./sink/...   (narrower run)
 #   make dev-up       start long-running dev servers in .dev/ (then: . .dev/env.sh)
 #   make dev-down     stop them
+#   make bench        throughput/latency/memory vs pg_recvlogical (docs/performance.md)
 #   make kafka-jars   fetch the pinned Kafka broker into the cache (done by test/dev-up)
 #   make vet | lint
 
@@ -25,7 +26,7 @@ export CDCRELAY_KAFKA_JARS
 DEV_DIR := .dev
 DEVENV := bin/devenv
 
-.PHONY: all build test kafka-jars dev-up dev-down vet lint fmt-check devenv
+.PHONY: all build test kafka-jars dev-up dev-down vet lint fmt-check devenv bench
 
 all: build
 
@@ -59,3 +60,14 @@ fmt-check:
 lint: fmt-check vet
 	@if command -v golangci-lint >/dev/null; then golangci-lint run ./...; \
 	else echo "lint: golangci-lint not installed; ran gofmt and go vet only"; fi
+
+# The benchmark (docs/performance.md) runs on the dev servers: it starts them
+# when they are not up (and leaves them running; `make dev-down` stops them).
+# BENCHFLAGS are passed on, e.g. BENCHFLAGS='-only outbox-small -profile prof'.
+BENCHFLAGS ?=
+bench: kafka-jars devenv
+	@if [ -f $(DEV_DIR)/env.sh ]; then echo "bench: using the dev servers in $(DEV_DIR)"; \
+	else echo "bench: dev servers not up; starting them (make dev-up; stop with make dev-down)"; fi
+	@$(DEVENV) up --dir $(DEV_DIR) >/dev/null
+	@$(GO) build -o bin/cdcrelay-bench ./cmd/cdcrelay-bench
+	@. $(DEV_DIR)/env.sh && bin/cdcrelay-bench $(BENCHFLAGS)
