@@ -170,23 +170,34 @@ func (a *app) checkLogFlags() error {
 // logger logs to stderr at the level and in the format of the flags, else of
 // relay.toml.
 func (a *app) logger(cfg *config.Config) *slog.Logger {
-	level, format := a.logLevel, a.logFormat
+	lv := new(slog.LevelVar)
+	lv.Set(a.logLevelFor(cfg))
+	return a.leveledLogger(cfg, lv)
+}
+
+// logLevelFor is the level of --log-level, else of relay.log_level, else info.
+func (a *app) logLevelFor(cfg *config.Config) slog.Level {
+	level := a.logLevel
 	if level == "" && cfg != nil {
 		level = cfg.Relay.LogLevel
 	}
-	if format == "" && cfg != nil {
-		format = cfg.Relay.LogFormat
-	}
-	var lv slog.Level
 	switch strings.ToLower(level) {
 	case "debug":
-		lv = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn", "warning":
-		lv = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		lv = slog.LevelError
+		return slog.LevelError
 	default:
-		lv = slog.LevelInfo
+		return slog.LevelInfo
+	}
+}
+
+// leveledLogger is logger with a level that can change while it runs (SIGHUP).
+func (a *app) leveledLogger(cfg *config.Config, lv *slog.LevelVar) *slog.Logger {
+	format := a.logFormat
+	if format == "" && cfg != nil {
+		format = cfg.Relay.LogFormat
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	var h slog.Handler

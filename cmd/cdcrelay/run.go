@@ -1,8 +1,15 @@
 package main
 
 import (
+	"context"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
 	"github.com/spf13/cobra"
 
+	"github.com/cdcrelay/cdcrelay/internal/metrics"
 	"github.com/cdcrelay/cdcrelay/internal/relay"
 )
 
@@ -23,21 +30,64 @@ unless --allow-slot-ahead accepts that loss.
 
 Only one relay streams from a slot. A second one with the same configuration
 exits with an error, or, with --standby, waits and takes over when the active
-one goes away.
+one goes away (within about 10 seconds of its death, even by SIGKILL or the
+loss of its host).
+
+With metrics.listen set, it serves Prometheus /metrics, /healthz (the process
+runs) and /readyz (200 only while it streams and commits; a waiting standby, a
+session being retried, or one that has not committed for 30s while the server's
+WAL is ahead of its checkpoint is not ready) on that address.
+
+SIGHUP re-reads relay.toml and applies relay.log_level (unless --log-level was
+given). Every other setting needs a restart: run logs which changed settings
+it did not apply.
 
 Run 'cdcrelay setup' first. Logs go to stderr (--log-level, --log-format).`,
 		Example: `  cdcrelay run --config /etc/cdcrelay/relay.toml
 
   # a hot standby on a second host
-  cdcrelay run --standby --log-format json`,
+  cdcrelay run --standby --log-format json
+
+  # turn on debug logs of a running relay: edit relay.log_level, then
+  kill -HUP <pid>`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := a.loadConfig()
 			if err != nil {
 				return err
 			}
-			opts.Logger = a.logger(cfg)
-			return relay.Run(cmd.Context(), cfg, opts)
+			level := new(slog.LevelVar)
+			level.Set(a.logLevelFor(cfg))
+			log := a.leveledLogger(cfg, level)
+			opts.Logger = log
+			ctx, cancel := context.WithCancel(cmd.Context())
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer cancel()
+
+			if cfg.Metrics.Listen != "" {
+				m := metrics.New(metrics.Options{Relay: cfg.Relay.Name, Version: version,
+					StallAfter: max(30*time.Second, 3*cfg.Postgres.IdleCheckpointInterval.Duration)})
+				srv, err := metrics.Listen(cfg.Metrics.Listen, m.Handler(), log)
+				if err != nil {
+					return err
+				}
+				defer srv.Close()
+				log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr())
+				opts.Observer = m
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					m.PollSlot(ctx, cfg.Postgres.DSN, cfg.Postgres.Slot, "cdcrelay "+cfg.Relay.Name+" metrics", metrics.DefaultSlotPollInterval, log)
+				}()
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.reloadOnSIGHUP(ctx, cfg, level, log)
+			}()
+			log.Info("cdcrelay run", "version", version, "pid", os.Getpid(), "standby", opts.Standby)
+			return relay.Run(ctx, cfg, opts)
 		},
 	}
 	cmd.Flags().BoolVar(&opts.AllowSlotAhead, "allow-slot-ahead", false,

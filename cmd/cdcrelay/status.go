@@ -21,6 +21,9 @@ type statusOut struct {
 	Slot        *replication.SlotInfo        `json:"slot"`
 	Publication *replication.PublicationInfo `json:"publication"`
 	Checkpoint  *checkpointOut               `json:"checkpoint"`
+	// Running is what the running relay's metrics endpoint reports, when
+	// metrics.listen is set and a relay answers there.
+	Running *runningOut `json:"running,omitempty"`
 	// Errors: what could not be read, by side ("postgres", "kafka").
 	Errors   map[string]string `json:"errors,omitempty"`
 	Warnings []string          `json:"warnings"`
@@ -36,6 +39,9 @@ type checkpointOut struct {
 	Seq    int64  `json:"transactions"`
 	// LagBytes is the server's current WAL position minus the checkpoint.
 	LagBytes *int64 `json:"lag_bytes,omitempty"`
+	// Backfills are the cursors of running backfills by table, as stored in
+	// the checkpoint.
+	Backfills map[string]json.RawMessage `json:"backfills,omitempty"`
 
 	lsn replication.LSN
 }
@@ -126,6 +132,7 @@ func readStatus(ctx context.Context, cfg *config.Config) *statusOut {
 		if found {
 			co.lsn = cp.LSN
 			co.LSN, co.Seq, co.TxNext = cp.LSN.String(), cp.Seq, cp.TxNext
+			co.Backfills = cp.Backfills
 			if cp.TxLSN != 0 {
 				co.TxLSN = cp.TxLSN.String()
 			}
@@ -136,6 +143,9 @@ func readStatus(ctx context.Context, cfg *config.Config) *statusOut {
 		}
 		st.Checkpoint = co
 	}
+	if cfg.Metrics.Listen != "" {
+		st.Running = readRunning(ctx, cfg.Metrics.Listen)
+	}
 	st.Warnings = statusWarnings(cfg, st)
 	return st
 }
@@ -143,16 +153,29 @@ func readStatus(ctx context.Context, cfg *config.Config) *statusOut {
 func statusWarnings(cfg *config.Config, st *statusOut) []string {
 	w := []string{}
 	if s := st.Slot; s != nil {
+		keep := "max_slot_wal_keep_size"
 		switch {
 		case !s.Exists:
 			w = append(w, fmt.Sprintf("replication slot %s does not exist: run `cdcrelay setup`", s.Slot))
 		case s.WALStatus == "lost":
-			w = append(w, fmt.Sprintf("replication slot %s is LOST: the server removed WAL it needed, changes were never published. "+
-				"Recover: `cdcrelay teardown --yes`, `cdcrelay setup`, `cdcrelay run`, then `cdcrelay backfill` each mapped table", s.Slot))
+			w = append(w, fmt.Sprintf("replication slot %s is LOST: the server removed WAL the relay had not read yet, so changes were never published and the relay cannot continue from this slot. "+
+				"Recover: stop the relay; `cdcrelay teardown --yes` (drops the lost slot and the publication); `cdcrelay setup`; "+
+				"`cdcrelay run --allow-slot-ahead` (the new slot starts now, ahead of the Kafka checkpoint); then `cdcrelay backfill` each mapped table "+
+				"to publish the current rows. Raise %s (or fix what stopped the relay) so it does not happen again", s.Slot, keep))
 		case s.WALStatus == "unreserved":
-			w = append(w, fmt.Sprintf("replication slot %s retains more WAL than max_slot_wal_keep_size: it will be invalidated at the next checkpoint unless the relay catches up", s.Slot))
+			w = append(w, fmt.Sprintf("replication slot %s holds more WAL (%s) than %s allows: the server will remove that WAL and invalidate the slot at its next checkpoint unless the relay catches up now. "+
+				"Make sure a relay is running and ready (`cdcrelay run`, /readyz), or raise %s and reload Postgres (SELECT pg_reload_conf())",
+				s.Slot, bytesText(s.RetainedWALBytes), keep, keep))
 		case s.SafeWALSize != nil && s.MaxSlotWALKeepSize > 0 && *s.SafeWALSize < s.MaxSlotWALKeepSize/5:
-			w = append(w, fmt.Sprintf("replication slot %s is close to max_slot_wal_keep_size: only %s more WAL before it is invalidated", s.Slot, bytesText(*s.SafeWALSize)))
+			w = append(w, fmt.Sprintf("replication slot %s is close to %s (%s): only %s more WAL can be written before the slot is invalidated and changes are lost. "+
+				"Make sure the relay is running and catching up, or raise %s",
+				s.Slot, keep, bytesText(s.MaxSlotWALKeepSize), bytesText(*s.SafeWALSize), keep))
+		case s.SafeWALSize == nil && !s.Active && s.RetainedWALBytes > 1<<30:
+			w = append(w, fmt.Sprintf("replication slot %s keeps %s of WAL on the server's disk and no relay streams from it; with %s = -1 (unlimited) the disk can fill up. "+
+				"Start the relay, or set %s to bound it", s.Slot, bytesText(s.RetainedWALBytes), keep, keep))
+		}
+		if s.Exists && !s.Active && s.WALStatus != "lost" && (st.Running == nil || !st.Running.Ready) {
+			w = append(w, fmt.Sprintf("no relay streams from slot %s: WAL accumulates on the server until one runs", s.Slot))
 		}
 		if s.Exists && st.Checkpoint != nil && st.Checkpoint.Found && s.ConfirmedFlushLSN > st.Checkpoint.lsn {
 			w = append(w, fmt.Sprintf("the slot (%s) is ahead of the Kafka checkpoint (%s): someone moved it, changes in between were not published; `cdcrelay run` refuses to start without --allow-slot-ahead",
@@ -221,6 +244,34 @@ func printStatus(w io.Writer, cfg *config.Config, st *statusOut) {
 			row("inside transaction", fmt.Sprintf("%s, %d changes published", c.TxLSN, c.TxNext))
 		}
 		row("transactions", fmt.Sprint(c.Seq))
+		if len(c.Backfills) == 0 {
+			row("backfills", "none running")
+		}
+		for _, table := range sortedKeys(c.Backfills) {
+			row("backfill "+table, string(c.Backfills[table]))
+		}
+	}
+	if r := st.Running; r != nil {
+		fmt.Fprintf(w, "Running relay (metrics at %s)\n", r.URL)
+		switch {
+		case r.Error != "":
+			row("error", r.Error)
+		default:
+			if r.Ready {
+				row("ready", "yes, streaming")
+			} else {
+				row("ready", "no (a standby waiting, or a session being retried)")
+			}
+			if r.LastCommit != nil {
+				row("last commit", fmt.Sprintf("%s (%s ago)", r.LastCommit.Format(time.RFC3339), time.Since(*r.LastCommit).Round(time.Second)))
+			}
+			if r.LastSourceCommit != nil {
+				row("last source commit", r.LastSourceCommit.Format(time.RFC3339))
+			}
+			if r.LagSeconds != nil {
+				row("lag", fmt.Sprintf("%.1f s", *r.LagSeconds))
+			}
+		}
 	}
 	for _, warn := range st.Warnings {
 		fmt.Fprintf(w, "WARNING: %s\n", warn)
