@@ -20,6 +20,7 @@ func (a *app) setupCmd() *cobra.Command {
 		skipPG    bool
 		skipKafka bool
 		output    string
+		grants    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "setup",
@@ -50,7 +51,10 @@ setup is idempotent: run again, it changes nothing and says so.`,
   cdcrelay setup --config /etc/cdcrelay/relay.toml
 
   # only the Postgres side (Kafka topics are managed elsewhere)
-  cdcrelay setup --skip-kafka`,
+  cdcrelay setup --skip-kafka
+
+  # the role and GRANTs the relay needs, for a DBA to run
+  cdcrelay setup --print-grants`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output); err != nil {
@@ -63,6 +67,9 @@ setup is idempotent: run again, it changes nothing and says so.`,
 			p, err := newPlan(cfg)
 			if err != nil {
 				return err
+			}
+			if grants {
+				return printGrants(a.stdout, cfg, p)
 			}
 			r := newCheckReport()
 			var statements []string
@@ -96,6 +103,8 @@ setup is idempotent: run again, it changes nothing and says so.`,
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the SQL and the topics setup would create; change nothing")
 	cmd.Flags().BoolVar(&skipPG, "skip-postgres", false, "do not touch Postgres")
 	cmd.Flags().BoolVar(&skipKafka, "skip-kafka", false, "do not touch Kafka")
+	cmd.Flags().BoolVar(&grants, "print-grants", false,
+		"print the SQL for a least-privilege role that can run the relay (connects to nothing)")
 	return cmd
 }
 
