@@ -53,6 +53,7 @@ func (m *Mapper) DeadLetter(c *replication.Change, cause error) (Event, bool) {
 	if r == nil || r.spec.OnError != OnErrorDeadLetter {
 		return Event{}, false
 	}
+	c = keyOnlyOld(c)
 	reason, column := causeOf(cause)
 	v := dlqHead(nil, r, c, reason, column)
 	withRow := v

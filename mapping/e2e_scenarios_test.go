@@ -446,3 +446,47 @@ key_fields = ["id"]
 		t.Errorf("customer 7: ops in order %v, want insert, update, delete (one key, one partition)", ops7)
 	}
 }
+
+// TestE2EKeyOnlyOldRow: under REPLICA IDENTITY DEFAULT pgoutput sends the
+// old row of a key-changing UPDATE (and of a DELETE) as a key-only tuple
+// ('K') whose other columns come as NULL ('n'). They are not NULL: they are
+// not part of the image. The before image holds the key columns only, and an
+// unchanged TOAST column of the new row must not be "filled" with that NULL.
+func TestE2EKeyOnlyOldRow(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(`CREATE TABLE doc (id int PRIMARY KEY, n int, big text)`)
+	e.publish("doc")
+	topic := e.topic("keyonly", 1, nil)
+	e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.doc"
+kind = "table"
+topic = %q
+[mapping.rows]
+tombstones = false
+`, topic)))
+	e.exec(fmt.Sprintf(`INSERT INTO doc VALUES (1, 0, %s)`, randomText(100_000)))
+	e.exec(`UPDATE doc SET id = 2 WHERE id = 1`) // key changed, big unchanged ('u'), old row 'K'
+	e.exec(`DELETE FROM doc WHERE id = 2`)
+
+	recs := e.read([]string{topic}, 3, 2*time.Second)
+	if len(recs) != 3 {
+		t.Fatalf("%d events, want 3", len(recs))
+	}
+	upd, del := decodeEnvelope(t, recs[1]), decodeEnvelope(t, recs[2])
+	if raw, ok := upd.After["big"]; ok {
+		t.Errorf("update changing the key: after.big = %.40s…; the unchanged TOAST value must be left out (and listed), never null", raw)
+	}
+	if !reflect.DeepEqual(upd.UnchangedToast, []string{"big"}) {
+		t.Errorf("update changing the key: unchanged_toast %v, want [big]", upd.UnchangedToast)
+	}
+	for name, env := range map[string]envelope{"update": upd, "delete": del} {
+		var cols []string
+		for c := range env.Before {
+			cols = append(cols, c)
+		}
+		if len(cols) != 1 || cols[0] != "id" {
+			t.Errorf("%s: before image %v, want the key column only ({\"id\":…}): the other columns were not sent, they are not NULL", name, env.Before)
+		}
+	}
+}

@@ -244,7 +244,17 @@ func (e *relayEnv) read(topics []string, want int, quiet time.Duration) []e2e.Re
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
 	defer cancel()
-	recs, err := e2e.ReadCommitted(ctx, e.brokers, topics, want, quiet)
+	var recs []e2e.Record
+	var err error
+	for attempt := 1; ; attempt++ {
+		// A fresh consumer can meet metadata that lags a new topic's
+		// leader election ("not the leader"): try again.
+		recs, err = e2e.ReadCommitted(ctx, e.brokers, topics, want, quiet)
+		if err == nil || attempt == 5 || ctx.Err() != nil || !strings.Contains(err.Error(), "leader") {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	if err != nil {
 		e.t.Fatalf("read %v: %v", topics, err)
 	}

@@ -228,6 +228,7 @@ func (m *Mapper) Map(c *replication.Change) ([]Event, error) {
 	if !ok {
 		return nil, nil
 	}
+	c = keyOnlyOld(c)
 	v := newRowView(c)
 	if probs := r.checkRelation(c.Relation, v.idx); len(probs) > 0 {
 		p := probs[0]

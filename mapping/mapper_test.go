@@ -316,10 +316,28 @@ func TestUnchangedToastIsNeverNull(t *testing.T) {
 		t.Fatalf("Map = %v", err)
 	}
 	// With the old row (REPLICA IDENTITY FULL) it is filled in.
-	evs, err := m.Map(change(replication.OpUpdate, ordersRel(), []replication.Value{text("1"), unchanged, null},
+	full := ordersRel()
+	full.ReplicaIdentity = 'f'
+	for i := range full.Columns {
+		full.Columns[i].Key = true
+	}
+	evs, err := m.Map(change(replication.OpUpdate, full, []replication.Value{text("1"), unchanged, null},
 		[]replication.Value{text("1"), text("eu"), null}))
 	if err != nil || string(evs[0].Key) != "eu" || strings.Contains(string(evs[0].Value), "unchanged_toast") {
-		t.Fatalf("Map = %s %s, %v", evs[0].Key, evs[0].Value, err)
+		t.Fatalf("Map = %v, %v", evs, err)
+	}
+	// Under REPLICA IDENTITY DEFAULT an old row is key-only ('K'): pgoutput
+	// sends its other columns as NULL. That NULL must not fill the unchanged
+	// value: the column is left out and listed.
+	m = mustNew(t, []Spec{{Table: "orders", Kind: "table"}})
+	evs, err = m.Map(change(replication.OpUpdate, ordersRel(), []replication.Value{text("2"), unchanged, null},
+		[]replication.Value{text("1"), null, null}))
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("Map = %v, %v", evs, err)
+	}
+	if v := string(evs[1].Value); strings.Contains(v, `"region":null`) || !strings.Contains(v, `"unchanged_toast":["region"]`) ||
+		!strings.Contains(v, `"before":{"id":1}`) {
+		t.Errorf("key-changing update under DEFAULT: %s", v)
 	}
 }
 

@@ -16,6 +16,40 @@ type rowView struct {
 	idx map[string]int
 }
 
+// keyOnlyOld returns c with the columns that its old row did not carry
+// marked absent. Under REPLICA IDENTITY DEFAULT or USING INDEX pgoutput sends
+// the old row (of a delete, or of an update that changed the key) as a
+// key-only tuple ('K') whose other columns arrive as NULL ('n'): they are not
+// NULL, they are not part of the image. Left as NULL they would make a before
+// image claim NULLs, and "fill" an unchanged TOAST value of the new row with
+// NULL. Under FULL the old row is whole ('O') and c is returned as is.
+func keyOnlyOld(c *replication.Change) *replication.Change {
+	if c == nil || c.Old == nil || c.Relation == nil {
+		return c
+	}
+	if ri := c.Relation.ReplicaIdentity; ri != 'd' && ri != 'i' {
+		return c
+	}
+	var old []replication.Value
+	for i, col := range c.Relation.Columns {
+		if i >= len(c.Old) {
+			break
+		}
+		if !col.Key && c.Old[i].Kind != replication.ValueAbsent {
+			if old == nil {
+				old = append([]replication.Value(nil), c.Old...)
+			}
+			old[i] = replication.Value{}
+		}
+	}
+	if old == nil {
+		return c
+	}
+	cc := *c
+	cc.Old = old
+	return &cc
+}
+
 func newRowView(c *replication.Change) *rowView {
 	return &rowView{c: c, rel: c.Relation, idx: columnIndex(c.Relation)}
 }
