@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/cdcrelay/cdcrelay/internal/e2e"
+	"github.com/cdcrelay/cdcrelay/internal/testenv"
 )
 
 // badConfigHeader is lines 1-8 of every bad configuration below: a valid
@@ -168,5 +173,57 @@ func TestBadConfigsThroughTheBinary(t *testing.T) {
 	}
 	if n := tw.conns.Load(); n != 0 {
 		t.Errorf("%d connection attempts for bad configurations", n)
+	}
+}
+
+// TestCheckFindsMappingColumnsMissingFromTheTable: a mapping whose templates
+// name a column the table does not have is a configuration error that only
+// the live schema reveals. Issue 4: "a template that names a missing column
+// is a configuration error at start, not a runtime surprise". mapping's
+// Mapper.CheckRelation reports it, but `cdcrelay check` (and setup, and run)
+// never call it: check says "Ready." and the rows later fail one by one.
+func TestCheckFindsMappingColumnsMissingFromTheTable(t *testing.T) {
+	dsn := testenv.NewDatabase(t)
+	brokers := testenv.KafkaBrokers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE TABLE items (id bigint PRIMARY KEY, name text)`); err != nil {
+		t.Fatal(err)
+	}
+	var suffix [6]byte
+	_, _ = rand.Read(suffix[:])
+	name := "t" + hex.EncodeToString(suffix[:])
+	path := writeConfig(t, fmt.Sprintf(`
+[relay]
+name = %q
+[postgres]
+dsn = %q
+[kafka]
+brokers = [%q]
+checkpoint_topic = "%s.checkpoints"
+[[mapping]]
+table = "public.items"
+kind = "table"
+topic = "%s.items"
+key = "{region}-{id}"
+headers = { tenant = "{tenant_id}" }
+`, name, dsn, brokers[0], name, name))
+	if code, out, errOut := run(t, "setup", "--config", path); code != exitOK {
+		t.Logf("setup: exit %d\n%s\n%s", code, out, errOut)
+	}
+	code, out, errOut := run(t, "check", "--config", path)
+	t.Logf("check: exit %d\n%s%s", code, out, errOut)
+	if code == exitOK {
+		t.Errorf("check passed (exit 0) although mapping public.items names columns region (key) and tenant_id (headers.tenant) that public.items does not have")
+	}
+	for _, want := range []string{`"region"`, `"tenant_id"`} {
+		if !strings.Contains(out+errOut, want) {
+			t.Errorf("check does not name the missing column %s", want)
+		}
 	}
 }
