@@ -410,3 +410,46 @@ key_columns = ["id"]
 		t.Errorf("strict_items: %d events, want 1 (nothing after the breaking change)", n)
 	}
 }
+
+// TestE2ESmallEventsOnASmallTopic: many events that each fit a topic with
+// max.message.bytes = 2000, published in one transaction to one partition.
+// The broker checks max.message.bytes against a whole record batch, so the
+// producer must not batch them beyond the topic's limit: all are delivered,
+// none is dead-lettered, the relay does not get stuck retrying.
+//
+// FAILS today (a sink bug, see the report): sarama fills a partition's
+// record batch up to Producer.MaxMessageBytes (1 MB) whatever the topic's
+// max.message.bytes; the broker refuses the batch with MESSAGE_TOO_LARGE, the
+// session fails, and every retry fails the same way: the relay is stuck.
+func TestE2ESmallEventsOnASmallTopic(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(errorTablesDDL)
+	e.publish("outbox")
+	events := e.topic("small_events", 1, map[string]string{"max.message.bytes": "2000"})
+	dlq := e.topic("small_dlq", 1, nil)
+	r := e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.outbox"
+kind = "outbox"
+topic = %q
+on_error = "dead-letter"
+dead_letter_topic = %q
+`, events, dlq)))
+	payload := `{"text": "` + strings.Repeat("y", 400) + `"}`
+	var stmts []string
+	for i := 0; i < 50; i++ {
+		stmts = append(stmts, outboxInsert(fmt.Sprintf("s%02d", i), "same-key", payload))
+	}
+	e.tx(stmts...)
+	recs := e.read([]string{events, dlq}, 50, 3*time.Second)
+	n := map[string]int{}
+	for _, rec := range recs {
+		n[rec.Topic]++
+	}
+	if n[events] != 50 || n[dlq] != 0 {
+		t.Errorf("%d events, %d dead letters; want 50 and 0", n[events], n[dlq])
+		if strings.Contains(r.log.String(), "MESSAGE_TOO_LARGE") || strings.Contains(r.log.String(), "too large") {
+			t.Errorf("the broker refused a batch of events that each fit the topic: the producer batches beyond max.message.bytes")
+		}
+	}
+}
