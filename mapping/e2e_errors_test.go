@@ -453,3 +453,76 @@ dead_letter_topic = %q
 		}
 	}
 }
+
+// TestE2ELargeTransactionWithDeadLettersAcrossRestart: one Postgres
+// transaction of 3000 outbox rows, every 100th unmappable, is cut into many
+// Kafka transactions (batch.max_events = 50); the relay is stopped in the
+// middle of it and started again. Every good row is published exactly once
+// and every bad row dead-lettered exactly once.
+func TestE2ELargeTransactionWithDeadLettersAcrossRestart(t *testing.T) {
+	e := newRelayEnv(t, 4*time.Minute)
+	e.exec(errorTablesDDL)
+	e.publish("outbox")
+	events := e.topic("big_events", 3, nil)
+	dlq := e.topic("big_dlq", 1, nil)
+	toml := strings.Replace(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.outbox"
+kind = "outbox"
+topic = %q
+on_error = "dead-letter"
+dead_letter_topic = %q
+`, events, dlq)), `linger = "10ms"`, "linger = \"10ms\"\nmax_events = 50", 1)
+	const rows = 3000
+	e.exec(fmt.Sprintf(`INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+		SELECT 'r' || g, 'order', CASE WHEN g %% 100 = 0 THEN NULL ELSE 'k' || (g %% 7) END, 'T', json_build_object('g', g)
+		FROM generate_series(1, %d) g`, rows))
+	r := e.start(toml)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) && strings.Count(r.log.String(), "msg=committed") < 5 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	commits := strings.Count(r.log.String(), "msg=committed")
+	t.Logf("stopped after %d Kafka transactions", commits)
+	r = e.start(toml)
+	recs := e.read([]string{events, dlq}, rows, 3*time.Second)
+	var ev, dl []e2e.Record
+	for _, rec := range recs {
+		if rec.Topic == events {
+			ev = append(ev, rec)
+		} else {
+			dl = append(dl, rec)
+		}
+	}
+	got := countBy(t, "event", ev, func(r e2e.Record) string { return r.Headers["id"] })
+	gotDead := countBy(t, "dead letter", dl, func(r e2e.Record) string {
+		var v struct {
+			After map[string]*string `json:"after"`
+		}
+		json.Unmarshal(r.Value, &v)
+		if v.After["id"] == nil {
+			return "?"
+		}
+		return *v.After["id"]
+	})
+	if len(got) != rows-rows/100 || len(gotDead) != rows/100 {
+		t.Errorf("%d distinct events (want %d), %d distinct dead letters (want %d)", len(got), rows-rows/100, len(gotDead), rows/100)
+	}
+	if !strings.Contains(r.log.String(), "resuming from kafka checkpoint") {
+		t.Errorf("the second run did not resume from a checkpoint")
+	}
+	// Per key, in order.
+	last := map[string]int{}
+	for _, rec := range ev {
+		var p struct{ G int }
+		json.Unmarshal(rec.Value, &p)
+		k := string(rec.Key)
+		if p.G <= last[k] {
+			t.Errorf("key %s: g=%d after g=%d", k, p.G, last[k])
+		}
+		last[k] = p.G
+	}
+}
