@@ -51,7 +51,14 @@ func SaramaConfig(cfg *config.Kafka, transactional bool) (*sarama.Config, error)
 		// attempt is only delayed can finish a later transaction of the same
 		// epoch (KAFKA-17754). The relay re-creates the producer instead.
 		sc.Producer.Transaction.Retry.Max = 0
-		sc.Producer.Transaction.Retry.Backoff = 100 * time.Millisecond
+		// With Max = 0 sarama still sleeps Backoff before it returns a
+		// retriable error (e.g. CONCURRENT_TRANSACTIONS from InitProducerId
+		// while the coordinator writes the previous commit's markers). With
+		// a fresh epoch per transaction that sleep came after every commit:
+		// 100ms of idle per Kafka transaction (make bench, outbox-small:
+		// commits 140ms apart, relay CPU 20% busy). The Writer retries the
+		// producer's creation itself, so return at once.
+		sc.Producer.Transaction.Retry.Backoff = time.Millisecond
 		sc.Producer.Flush.Bytes = 1 << 20
 		sc.Producer.Flush.Frequency = 5 * time.Millisecond
 		sc.Producer.Flush.MaxMessages = 0

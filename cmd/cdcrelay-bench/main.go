@@ -43,6 +43,8 @@ type options struct {
 	relayBin   string
 	benchBin   string
 	workDir    string
+	logLevel   string
+	relayLog   string
 }
 
 func main() {
@@ -55,6 +57,8 @@ func main() {
 	flag.Float64Var(&o.scale, "scale", 1, "multiply every workload's row count (e.g. 0.1 for a quick run)")
 	flag.StringVar(&o.profileDir, "profile", "", "run the relay in-process (this binary's `relay` subcommand) and write CPU and heap profiles into this directory")
 	flag.StringVar(&o.extraTOML, "relay-toml", "", "extra TOML appended to every relay.toml (e.g. a [batch] table)")
+	flag.StringVar(&o.logLevel, "relay-log-level", "warn", "the relay's log_level")
+	flag.StringVar(&o.relayLog, "relay-log", "", "append the relay's output to this file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the benchmark databases, slots and work directory")
 	flag.IntVar(&o.latRate, "latency-rate", 2000, "transactions per second in the latency run")
 	flag.IntVar(&o.latSecs, "latency-seconds", 20, "length of the latency run")

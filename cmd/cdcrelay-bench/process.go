@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -36,6 +38,14 @@ func startRelay(o *options, b *bench) (*relayProc, error) {
 	}
 	p := &relayProc{cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if o.relayLog != "" {
+		f, err := os.OpenFile(o.relayLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		w := io.MultiWriter(p.out, f)
+		cmd.Stdout, cmd.Stderr = w, w
+	}
 	p.started = time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -142,7 +142,7 @@ func newBench(ctx context.Context, o *options, kind string) (*bench, error) {
 	}
 	cfg := fmt.Sprintf(`[relay]
 name = %q
-log_level = "warn"
+log_level = %q
 
 [postgres]
 dsn = %q
@@ -153,7 +153,7 @@ brokers = [%s]
 [[mapping]]
 table = "public.outbox"
 kind = "outbox"
-`, name, b.dsn, quoteList(o.brokers))
+`, name, o.logLevel, b.dsn, quoteList(o.brokers))
 	if o.extraTOML != "" {
 		cfg += "\n" + o.extraTOML + "\n"
 	}
