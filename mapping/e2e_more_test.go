@@ -5,9 +5,14 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cdcrelay/cdcrelay/internal/testenv"
 )
 
 // TestE2ETableKeysAndTombstones: a business table with the json envelope and
@@ -253,5 +258,126 @@ dead_letter_topic = %q
 		if !strings.Contains(msg, w) {
 			t.Errorf("start error %q does not name %s", msg, w)
 		}
+	}
+}
+
+// TestE2EIdentifiersAndPayloadKinds: a schema and table with capitals,
+// columns with capitals and a space; outbox payloads of type text and bytea
+// pass through as their text and their bytes.
+func TestE2EIdentifiersAndPayloadKinds(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(
+		`CREATE SCHEMA "Sales"`,
+		`CREATE TABLE "Sales"."Orders" ("OrderId" int PRIMARY KEY, "line items" int[], "Note" text, g int GENERATED ALWAYS AS ("OrderId" * 2) STORED)`,
+		`CREATE TABLE outbox_text (id text PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload text)`,
+		`CREATE TABLE outbox_bytes (id text PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload bytea)`,
+	)
+	e.publish(`"Sales"."Orders"`, "outbox_text", "outbox_bytes")
+	tOrders := e.topic("ident_orders", 1, nil)
+	tText := e.topic("payload_text", 1, nil)
+	tBytes := e.topic("payload_bytes", 1, nil)
+	e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "Sales.Orders"
+kind = "table"
+topic = %q
+headers = { note = "{Note}", where = "{schema}/{table}" }
+
+[[mapping]]
+table = "outbox_text"
+kind = "outbox"
+topic = %q
+
+[[mapping]]
+table = "outbox_bytes"
+kind = "outbox"
+topic = %q
+`, tOrders, tText, tBytes)))
+	e.exec(`INSERT INTO "Sales"."Orders" VALUES (7, '{1,2}', 'Ünï "x"')`)
+	e.exec(`INSERT INTO outbox_text VALUES ('t1', 'A', 'k', 'T', E'plain text, not JSON: {\n')`)
+	e.exec(`INSERT INTO outbox_bytes VALUES ('b1', 'A', 'k', 'T', '\x00ff10fe'::bytea)`)
+	recs := e.read([]string{tOrders, tText, tBytes}, 3, 2*time.Second)
+	if len(recs) != 3 {
+		t.Fatalf("%d records", len(recs))
+	}
+	for _, r := range recs {
+		switch r.Topic {
+		case tOrders:
+			env := decodeEnvelope(t, r)
+			b, _ := json.Marshal(env.After)
+			if string(r.Key) != `{"OrderId":7}` || string(b) != `{"Note":"Ünï \"x\"","OrderId":7,"line items":[1,2]}` ||
+				env.Source.Schema != "Sales" || env.Source.Table != "Orders" ||
+				r.Headers["note"] != `Ünï "x"` || r.Headers["where"] != "Sales/Orders" {
+				t.Errorf("Sales.Orders: key %s headers %v value %s", r.Key, r.Headers, r.Value)
+			}
+		case tText:
+			if string(r.Value) != "plain text, not JSON: {\n" {
+				t.Errorf("text payload %q", r.Value)
+			}
+		case tBytes:
+			if string(r.Value) != "\x00\xff\x10\xfe" {
+				t.Errorf("bytea payload %x", r.Value)
+			}
+		}
+	}
+}
+
+// TestE2EInvalidUTF8 (a SQL_ASCII database, where text may hold any bytes):
+// a JSON event cannot carry text that is not UTF-8, so the row is a row
+// error; the dead-letter record carries the value in base64.
+func TestE2EInvalidUTF8(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	// Re-create the test's database with encoding SQL_ASCII (same name: the
+	// testenv cleanup still drops it).
+	e.conn.Close(e.ctx)
+	admin, err := pgx.Connect(e.ctx, testenv.PostgresDSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{
+		"DROP DATABASE " + pgx.Identifier{e.db}.Sanitize(),
+		"CREATE DATABASE " + pgx.Identifier{e.db}.Sanitize() + " ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+	} {
+		if _, err := admin.Exec(e.ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	admin.Close(e.ctx)
+	if e.conn, err = pgx.Connect(e.ctx, e.dsn); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`CREATE TABLE items (id int PRIMARY KEY, name text)`)
+	e.publish("items")
+	topic := e.topic("utf8", 1, nil)
+	dlq := e.topic("utf8_dlq", 1, nil)
+	e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.items"
+kind = "table"
+topic = %q
+on_error = "dead-letter"
+dead_letter_topic = %q
+`, topic, dlq)))
+	e.exec(`INSERT INTO items VALUES (1, 'ok')`, `INSERT INTO items VALUES (2, E'bad \xff\xfe')`, `INSERT INTO items VALUES (3, 'ok too')`)
+	recs := e.read([]string{topic, dlq}, 3, 2*time.Second)
+	var ids []string
+	for _, r := range recs {
+		if r.Topic == topic {
+			ids = append(ids, string(r.Key))
+			continue
+		}
+		t.Logf("dead letter: %v %s", r.Headers, r.Value)
+		var v struct {
+			After map[string]json.RawMessage `json:"after"`
+		}
+		json.Unmarshal(r.Value, &v)
+		if r.Headers["cdcrelay.column"] != "name" || string(v.After["name"]) != `{"base64":"YmFkIP/+"}` {
+			t.Errorf("dead letter for invalid UTF-8: headers %v value %s", r.Headers, r.Value)
+		}
+		ids = append(ids, "dlq")
+	}
+	sort.Strings(ids)
+	if strings.Join(ids, " ") != `dlq {"id":1} {"id":3}` {
+		t.Errorf("records %v", ids)
 	}
 }
