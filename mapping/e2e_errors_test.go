@@ -526,3 +526,39 @@ dead_letter_topic = %q
 		last[k] = p.G
 	}
 }
+
+// TestE2EOversizedStop: with on_error = "stop", an event larger than its
+// topic accepts stops the relay with a message naming table, LSN and size;
+// nothing of its transaction is published.
+func TestE2EOversizedStop(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(errorTablesDDL)
+	e.publish("outbox")
+	events := e.topic("ostop_events", 1, map[string]string{"max.message.bytes": "2000"})
+	r := e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.outbox"
+kind = "outbox"
+topic = %q
+`, events)))
+	e.exec(outboxInsert("o1", "k1", `{"n": 1}`))
+	if n := len(e.read([]string{events}, 1, time.Second)); n != 1 {
+		t.Fatalf("%d events before the oversized row", n)
+	}
+	e.tx(outboxInsert("o2", "k2", `{"n": 2}`), outboxInsert("o3", "k3", `{"blob": "`+strings.Repeat("z", 3000)+`"}`))
+	select {
+	case <-r.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the relay did not stop on an oversized event with on_error = stop")
+	}
+	msg := fmt.Sprint(r.err)
+	t.Logf("stop message: %s", msg)
+	if !strings.Contains(msg, "public.outbox") || !regexp.MustCompile(`lsn [0-9A-F]+/[0-9A-F]+`).MatchString(msg) || !strings.Contains(msg, "2000") {
+		t.Errorf("stop message %q does not name table, LSN and limit", msg)
+	}
+	for _, rec := range e.read([]string{events}, 1, time.Second) {
+		if rec.Headers["id"] != "o1" {
+			t.Errorf("event %s published from the stopped transaction", rec.Headers["id"])
+		}
+	}
+}
