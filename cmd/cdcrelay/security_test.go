@@ -18,7 +18,8 @@ import (
 )
 
 // TestTLSAndSASLWithoutLeakingSecrets runs the relay against a Postgres that
-// requires TLS (sslmode=verify-full with a CA generated here, SCRAM password)
+// requires TLS (sslmode=verify-full with a CA generated here, a client
+// certificate and a SCRAM password)
 // and a Kafka broker whose client listener is SASL_SSL with mutual TLS, for
 // each SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), with the
 // passwords from ${VAR} and from password_file. The role is made from the
@@ -46,7 +47,10 @@ func TestTLSAndSASLWithoutLeakingSecrets(t *testing.T) {
 	}
 
 	pg := testenv.NewPostgres(t, testenv.PostgresOptions{})
-	if err := pg.EnableTLS(ctx, certs, ""); err != nil {
+	// The relay's role must present a client certificate whose CN is its
+	// name, and its password, over TLS.
+	hba := strings.ReplaceAll(testenv.TLSOnlyHBA, "127.0.0.1/32  scram-sha-256", "127.0.0.1/32  scram-sha-256  clientcert=verify-full")
+	if err := pg.EnableTLS(ctx, certs, hba); err != nil {
 		t.Fatal(err)
 	}
 	opts := testenv.SASLSSLKafkaOptions(certs, true, map[string]string{"relay": plainSecret})
@@ -83,7 +87,7 @@ func TestTLSAndSASLWithoutLeakingSecrets(t *testing.T) {
 [relay]
 name = %q
 [postgres]
-dsn = "postgres://relay:%s@127.0.0.1:%d/%s?sslmode=verify-full&sslrootcert=%s&connect_timeout=5"
+dsn = "postgres://relay:%s@127.0.0.1:%d/%s?sslmode=verify-full&sslrootcert=%s&sslcert=%s&sslkey=%s&connect_timeout=5"
 status_interval = "1s"
 idle_checkpoint_interval = "1s"
 [kafka]
@@ -102,7 +106,7 @@ listen = %q
 table = "public.outbox"
 kind = "outbox"
 topic = "sec.events"
-`, name, pgPassword, pg.Port(), db, certs.CAFile, kafka.Brokers()[0], certs.CAFile, certs.ClientCertFile, certs.ClientKeyFile, sasl, metricsAddr)
+`, name, pgPassword, pg.Port(), db, certs.CAFile, certs.ClientCertFile, certs.ClientKeyFile, kafka.Brokers()[0], certs.CAFile, certs.ClientCertFile, certs.ClientKeyFile, sasl, metricsAddr)
 		p := filepath.Join(dir, file)
 		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
@@ -156,10 +160,13 @@ password = "${SEC_PLAIN_PASSWORD}"`)
 		t.Fatalf("role relay: super %v, replication %v, %v", super, repl, err)
 	}
 
-	// Plain TCP is refused for the role: the server really requires TLS.
-	if c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://relay:%s@127.0.0.1:%d/%s?sslmode=disable", pgSecret, pg.Port(), db)); err == nil {
-		c.Close(ctx)
-		t.Fatalf("a non-TLS connection as relay was accepted")
+	// Plain TCP, and TLS without the client certificate, are refused for the
+	// role: the server really requires them.
+	for _, q := range []string{"sslmode=disable", "sslmode=verify-full&sslrootcert=" + certs.CAFile} {
+		if c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://relay:%s@127.0.0.1:%d/%s?%s", pgSecret, pg.Port(), db, q)); err == nil {
+			c.Close(ctx)
+			t.Fatalf("a connection as relay with %s was accepted", q)
+		}
 	}
 	// And the broker's client listener speaks only SASL_SSL.
 	plainCfgSarama := sarama.NewConfig()
@@ -251,7 +258,7 @@ password = "${SEC_PLAIN_PASSWORD}"`)
 			t.Errorf("secret %q appears in the output: ...%s...", secret, text[max(0, i-200):min(len(text), i+100)])
 		}
 	}
-	t.Logf("searched %d bytes of output of setup, check, run and status (TLS to Postgres with verify-full; SASL_SSL with mutual TLS; PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): no secret", len(text))
+	t.Logf("searched %d bytes of output of setup, check, run and status (TLS to Postgres with verify-full and a client certificate; SASL_SSL with mutual TLS; PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): no secret", len(text))
 }
 
 // grepLine is the first line of s that contains sub.

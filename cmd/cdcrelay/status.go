@@ -57,12 +57,16 @@ func (a *app) statusCmd() *cobra.Command {
                restart_lsn, the WAL it keeps on the server's disk (current WAL
                position minus restart_lsn), wal_status and safe_wal_size
   publication  the tables it publishes
-  checkpoint   the position committed in Kafka with the last events, and how
-               far the server's WAL is ahead of it
+  checkpoint   the position committed in Kafka with the last events, how
+               far the server's WAL is ahead of it, and the cursors of
+               running backfills
+  running      with metrics.listen set: whether the relay there streams,
+               when it last committed, and its lag in seconds
 
-It warns when the slot is lost or about to be, and when the slot is ahead of the
-checkpoint (the relay would refuse to start). It exits 1 when Postgres or Kafka
-cannot be read.`,
+It warns, with the steps to take, when the slot is lost or about to be (retained
+WAL near max_slot_wal_keep_size), when no relay streams from it, and when the
+slot is ahead of the checkpoint (the relay would refuse to start). It exits 1
+when Postgres or Kafka cannot be read.`,
 		Example: `  cdcrelay status
   cdcrelay status --output json | jq .slot.retained_wal_bytes`,
 		Args: noArgs,
