@@ -103,6 +103,7 @@ func (r *ChunkReader) load(ctx context.Context) error {
 		return fmt.Errorf("columns of %s: %w", r.table, err)
 	}
 	r.rel = &Relation{ID: oid, Schema: schema, Table: name, ReplicaIdentity: ident[0]}
+	r.pkIdx = nil
 	var names, pks []string
 	for i, c := range cols {
 		t, err := r.types.get(ctx, c.oid)
@@ -125,7 +126,10 @@ func (r *ChunkReader) load(ctx context.Context) error {
 	return nil
 }
 
-// Relation is the table's shape as of OpenChunkReader.
+// Refresh re-reads the table's shape (after ALTER TABLE, say).
+func (r *ChunkReader) Refresh(ctx context.Context) error { return r.load(ctx) }
+
+// Relation is the table's shape as of OpenChunkReader or the last Refresh.
 func (r *ChunkReader) Relation() *Relation { return r.rel }
 
 // Estimate is the number of rows to backfill: an exact count for tables

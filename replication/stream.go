@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -291,7 +292,9 @@ func (s *Stream) decode(ctx context.Context, xld pglogrepl.XLogData) (Message, e
 		return first, nil
 	case *pglogrepl.LogicalDecodingMessage:
 		if m.Transactional && strings.HasPrefix(m.Prefix, MessagePrefix) {
-			return &LogicalMessage{Prefix: m.Prefix, Content: m.Content, LSN: m.LSN}, nil
+			// Content aliases the connection's read buffer, which the next
+			// receive overwrites; the message outlives it in the read-ahead.
+			return &LogicalMessage{Prefix: m.Prefix, Content: bytes.Clone(m.Content), LSN: m.LSN}, nil
 		}
 	}
 	// Origin and Type messages, and other applications' logical messages,

@@ -54,6 +54,10 @@ type pipeline struct {
 	skipAll      bool // the current transaction is already published
 	skipBelow    int  // changes with a smaller index are already published
 	lastCommit   time.Time
+	// mustCheckpoint asks for a commit at the next transaction boundary even
+	// without events (a backfill's state changed).
+	mustCheckpoint bool
+	bf             *backfiller
 }
 
 func newPipeline(s *session, stream *replication.Stream, w *sink.Writer) *pipeline {
@@ -71,6 +75,8 @@ func newPipeline(s *session, stream *replication.Stream, w *sink.Writer) *pipeli
 }
 
 func (p *pipeline) run(ctx context.Context) error {
+	p.bf = newBackfiller(p)
+	defer p.bf.close()
 	rctx, stopReader := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -171,6 +177,8 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 				}
 			}
 			p.budget.release(c.bytes)
+		case res := <-p.bf.pendingResults():
+			p.bf.onResult(res)
 		case <-linger.C:
 			lingerExpired = true
 		case <-idle.C:
@@ -188,13 +196,14 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 			linger.Reset(cfg.Batch.Linger.Duration)
 			lingerExpired = false
 		}
-		if p.txn != nil && !p.inTx && (lingerExpired || p.full()) {
+		if !p.inTx && (p.txn != nil && (lingerExpired || p.full()) || p.mustCheckpoint) {
 			linger.Stop()
 			lingerExpired = false
 			if err := p.commit(ctx); err != nil {
 				return err
 			}
 		}
+		p.bf.maybeStart(ctx)
 	}
 }
 
@@ -219,6 +228,7 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 		if p.skipAll || m.Pos.Index < p.skipBelow {
 			return nil
 		}
+		p.bf.onChange(m)
 		if err := p.publish(ctx, m); err != nil {
 			return err
 		}
@@ -236,6 +246,10 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 			p.pending.LSN = m.EndLSN
 		}
 		p.pending.TxLSN, p.pending.TxNext = 0, 0
+	case *replication.LogicalMessage:
+		if !p.skipAll {
+			return p.bf.onMessage(ctx, m)
+		}
 	case *replication.Keepalive:
 		// Everything that commits before WALEnd has been received; with no
 		// transaction in flight that position is safe to checkpoint.
@@ -332,6 +346,7 @@ func (p *pipeline) commit(ctx context.Context) error {
 	p.s.durable = cp
 	p.pending = cp
 	p.lastCommit = time.Now()
+	p.mustCheckpoint = false
 	p.txnEvents, p.txnBytes, p.txnOpened = 0, 0, time.Time{}
 	p.stream.Ack(cp.LSN)
 	return nil
