@@ -26,7 +26,7 @@ export CDCRELAY_KAFKA_JARS
 DEV_DIR := .dev
 DEVENV := bin/devenv
 
-.PHONY: all build test kafka-jars dev-up dev-down vet lint fmt-check devenv bench
+.PHONY: all build test kafka-jars dev-up dev-down vet lint fmt-check devenv bench demo
 
 all: build
 
@@ -45,6 +45,11 @@ devenv:
 
 dev-up: kafka-jars devenv
 	@$(DEVENV) up --dir $(DEV_DIR)
+
+# The relay's main job on a local default: dev Postgres + Kafka, a sample
+# outbox, the relay running, events printed as a read_committed consumer sees them.
+demo: build dev-up
+	@internal/testenv/scripts/demo.sh
 
 dev-down: devenv
 	@$(DEVENV) down --dir $(DEV_DIR)

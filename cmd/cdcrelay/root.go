@@ -129,6 +129,7 @@ Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.`,
 		a.statusCmd(),
 		a.backfillCmd(),
 		a.teardownCmd(),
+		a.tailCmd(),
 		a.versionCmd(),
 	)
 	return root
