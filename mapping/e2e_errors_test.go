@@ -562,3 +562,52 @@ topic = %q
 		}
 	}
 }
+
+// TestE2ESchemaChangeNewTypes: types created while the relay runs (an enum,
+// a domain, an array of the enum) used by columns added while it runs, an
+// enum value added, and a column renamed: the next events follow.
+func TestE2ESchemaChangeNewTypes(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(`CREATE TABLE items (id int PRIMARY KEY, name text)`)
+	e.publish("items")
+	topic := e.topic("newtypes", 1, nil)
+	e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.items"
+kind = "table"
+topic = %q
+`, topic)))
+	e.exec(`INSERT INTO items VALUES (1, 'a')`)
+	e.read([]string{topic}, 1, time.Second)
+	e.exec(
+		`CREATE TYPE status AS ENUM ('new', 'paid')`,
+		`CREATE DOMAIN cents AS bigint CHECK (VALUE >= 0)`,
+		`ALTER TABLE items ADD COLUMN s status, ADD COLUMN price cents, ADD COLUMN history status[], ADD COLUMN total numeric(12,2)`,
+		`INSERT INTO items VALUES (2, 'b', 'paid', 250, '{new,paid}', 2.5)`,
+		`ALTER TYPE status ADD VALUE 'shipped'`,
+		`INSERT INTO items VALUES (3, 'c', 'shipped', 0, '{new,NULL,shipped}', NULL)`,
+		`ALTER TABLE items RENAME COLUMN name TO title`,
+		`ALTER TABLE items ALTER COLUMN total TYPE float8`,
+		`INSERT INTO items VALUES (4, 'd', 'new', 1, '{}', 0.1)`,
+	)
+	recs := e.read([]string{topic}, 4, 2*time.Second)
+	want := []string{
+		`{"id":1,"name":"a"}`,
+		`{"id":2,"name":"b","s":"paid","price":250,"history":["new","paid"],"total":"2.50"}`,
+		`{"id":3,"name":"c","s":"shipped","price":0,"history":["new",null,"shipped"],"total":null}`,
+		`{"id":4,"title":"d","s":"new","price":1,"history":[],"total":0.1}`,
+	}
+	if len(recs) != len(want) {
+		t.Fatalf("%d events, want %d", len(recs), len(want))
+	}
+	for i, r := range recs {
+		// The after image in column order, as the relay wrote it.
+		var raw struct {
+			After json.RawMessage `json:"after"`
+		}
+		json.Unmarshal(r.Value, &raw)
+		if got := compactJSON(raw.After); got != want[i] {
+			t.Errorf("event %d:\n got %s\nwant %s", i, got, want[i])
+		}
+	}
+}
