@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -609,5 +610,52 @@ topic = %q
 		if got := compactJSON(raw.After); got != want[i] {
 			t.Errorf("event %d:\n got %s\nwant %s", i, got, want[i])
 		}
+	}
+}
+
+// TestE2EReplicaIdentityFullWhileRunning: `cdcrelay check` advises
+// ALTER TABLE ... REPLICA IDENTITY FULL for complete before images. Done on a
+// running relay whose mapping takes the default key, the mapping keeps the
+// primary key as the key (FULL marks every column as a replica identity
+// column; the primary key is still the row's identity) and before images
+// become complete. No restart, no row error.
+func TestE2EReplicaIdentityFullWhileRunning(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(`CREATE TABLE items (id int PRIMARY KEY, name text, qty int)`)
+	e.publish("items")
+	topic := e.topic("rifull", 1, nil)
+	r := e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.items"
+kind = "table"
+topic = %q
+`, topic)))
+	e.exec(`INSERT INTO items VALUES (1, 'a', 1)`, `UPDATE items SET qty = 2 WHERE id = 1`)
+	e.exec(`ALTER TABLE items REPLICA IDENTITY FULL`)
+	e.exec(`UPDATE items SET qty = 3 WHERE id = 1`, `DELETE FROM items WHERE id = 1`)
+	recs := e.read([]string{topic}, 5, 2*time.Second)
+	if r.exited() {
+		t.Fatalf("the relay stopped after REPLICA IDENTITY FULL: %v", r.err)
+	}
+	type row struct{ key, op, before string }
+	var got []row
+	for _, rec := range recs {
+		x := row{key: string(rec.Key)}
+		if rec.Value != nil {
+			env := decodeEnvelope(t, rec)
+			b, _ := json.Marshal(env.Before)
+			x.op, x.before = env.Op, string(b)
+		}
+		got = append(got, x)
+	}
+	want := []row{
+		{`{"id":1}`, "insert", "null"},
+		{`{"id":1}`, "update", "null"},
+		{`{"id":1}`, "update", `{"id":1,"name":"a","qty":2}`},
+		{`{"id":1}`, "delete", `{"id":1,"name":"a","qty":3}`},
+		{`{"id":1}`, "", ""},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("events\n got %v\nwant %v", got, want)
 	}
 }

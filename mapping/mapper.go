@@ -268,7 +268,7 @@ func (r *rule) rowError(c *replication.Change, err error) *RowError {
 
 // CheckRelation checks a mapped table's live schema against its mapping:
 // every column a template, a column key or a key list names must exist, and
-// a table with REPLICA IDENTITY FULL needs its key chosen. The daemon calls it
+// a table with REPLICA IDENTITY FULL and no primary key needs its key chosen. The daemon calls it
 // when a Relation arrives (at start and after ALTER TABLE); setup and check
 // call it with the schema they read. A relation of an unmapped table is fine.
 // Errors name the mapping and the key, as [New]'s do.
@@ -369,9 +369,11 @@ func (r *rule) checkRelation(rel *replication.Relation, idx map[string]int) []re
 				}
 			}
 		}
-		if len(t.KeyColumns) == 0 && r.key == nil && rel.ReplicaIdentity == 'f' && len(rel.Columns) > 1 {
+		if len(t.KeyColumns) == 0 && r.key == nil && rel.ReplicaIdentity == 'f' && len(rel.Columns) > 1 &&
+			!slices.ContainsFunc(rel.Columns, func(c replication.Column) bool { return c.PrimaryKey }) {
+			// With a primary key, the key is the primary key's columns.
 			probs = append(probs, relProblem{"rows.key_columns", "",
-				fmt.Sprintf("%s has REPLICA IDENTITY FULL, which marks every column as a key column: name the key with rows.key_columns (or key)", rel.QualifiedName())})
+				fmt.Sprintf("%s has REPLICA IDENTITY FULL, which marks every column as a key column, and no primary key: name the key with rows.key_columns (or key)", rel.QualifiedName())})
 		}
 	}
 	return probs

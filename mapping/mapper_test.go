@@ -91,6 +91,12 @@ func TestCheckRelation(t *testing.T) {
 	for i := range full.Columns {
 		full.Columns[i].Key = true
 	}
+	fullPK := ordersRel()
+	fullPK.ReplicaIdentity = 'f'
+	for i := range fullPK.Columns {
+		fullPK.Columns[i].Key = true
+	}
+	fullPK.Columns[0].PrimaryKey = true
 	tests := []struct {
 		name string
 		spec Spec
@@ -108,7 +114,8 @@ func TestCheckRelation(t *testing.T) {
 		{"missing include column", Spec{Table: "orders", Kind: "table", Rows: TableSpec{Include: []string{"id", "total"}}}, ordersRel(), "rows.include_columns", `column "total"`},
 		{"delete with a non-key topic column", Spec{Table: "orders", Kind: "table", Topic: "orders.{region}"}, ordersRel(), "topic", "a delete does not carry it"},
 		{"non-key topic column without deletes", Spec{Table: "orders", Kind: "table", Topic: "orders.{region}", Rows: TableSpec{Ops: []string{"insert"}}}, ordersRel(), "", ""},
-		{"replica identity full needs a key", Spec{Table: "orders", Kind: "table"}, full, "rows.key_columns", "REPLICA IDENTITY FULL"},
+		{"replica identity full without a primary key needs a key", Spec{Table: "orders", Kind: "table"}, full, "rows.key_columns", "REPLICA IDENTITY FULL"},
+		{"replica identity full with a primary key", Spec{Table: "orders", Kind: "table"}, fullPK, "", ""},
 		{"replica identity full with a key", Spec{Table: "orders", Kind: "table", Rows: TableSpec{KeyColumns: []string{"id"}}}, full, "", ""},
 		{"changelog missing op column", Spec{Table: "orders", Kind: "changelog"}, ordersRel(), "changelog.table_column", `column "table_name"`},
 	}

@@ -89,8 +89,8 @@ type TableSpec struct {
 	Ops     []string `toml:"ops"`
 	Include []string `toml:"include_columns"`
 	Exclude []string `toml:"exclude_columns"`
-	// KeyColumns replace the replica identity's columns as the key. Exclusive
-	// with Key.
+	// KeyColumns replace the replica identity's columns (under REPLICA
+	// IDENTITY FULL, the primary key's) as the key. Exclusive with Key.
 	KeyColumns []string `toml:"key_columns"`
 	// Tombstones: emit a tombstone (nil value) after a delete. Default true.
 	Tombstones *bool `toml:"tombstones"`

@@ -130,6 +130,16 @@ func (r *rule) keyColumns(rel *replication.Relation) []string {
 		return r.spec.Rows.KeyColumns
 	}
 	var cols []string
+	if rel.ReplicaIdentity == 'f' {
+		// FULL marks every column as a replica identity column; the
+		// primary key still identifies the row.
+		for _, col := range rel.Columns {
+			if col.PrimaryKey {
+				cols = append(cols, col.Name)
+			}
+		}
+		return cols
+	}
 	for _, col := range rel.Columns {
 		if col.Key {
 			cols = append(cols, col.Name)
