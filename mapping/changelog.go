@@ -130,7 +130,12 @@ func (r *rule) mapChangelog(v *rowView) ([]Event, error) {
 		}
 	}
 
-	if b.topic, err = r.topic.expand(env); err != nil {
+	if b.topic, err = expandTopic(r.topic, env); err != nil {
+		var ce *colError
+		if !errors.As(err, &ce) {
+			// {schema}/{table} come from the source table's column.
+			err = &colError{col: cl.TableColumn, err: err}
+		}
 		return nil, fmt.Errorf("topic: %w", err)
 	}
 	img, imgCol := after, cl.NewColumn

@@ -659,3 +659,46 @@ topic = %q
 		t.Errorf("events\n got %v\nwant %v", got, want)
 	}
 }
+
+// TestE2EInvalidTopicFromRow: the outbox's default topic template
+// outbox.event.{aggregatetype} meets an aggregate type that makes no valid
+// Kafka topic name ("Order Items!"). That is a row error (here: a dead
+// letter naming the column), not a produce failure that the relay would
+// retry forever; the rows around it are delivered.
+func TestE2EInvalidTopicFromRow(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(errorTablesDDL)
+	e.publish("outbox")
+	suffix := e.name[len(e.name)-6:]
+	good := "outbox.event.ok" + suffix
+	e.createTopic(good, 1, nil)
+	dlq := e.topic("badtopic_dlq", 1, nil)
+	r := e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.outbox"
+kind = "outbox"
+on_error = "dead-letter"
+dead_letter_topic = %q
+`, dlq)))
+	ins := func(id, aggType string) string {
+		return fmt.Sprintf(`INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES ('%s', '%s', 'k', 'T', '{}')`, id, aggType)
+	}
+	e.tx(ins("i1", "ok"+suffix), ins("i2", "Order Items!"), ins("i3", "ok"+suffix))
+	recs := e.read([]string{good, dlq}, 3, 2*time.Second)
+	var got []string
+	for _, rec := range recs {
+		if rec.Topic == good {
+			got = append(got, rec.Headers["id"])
+		} else {
+			t.Logf("dead letter: %v", rec.Headers)
+			if rec.Headers["cdcrelay.column"] != "aggregatetype" || !strings.Contains(rec.Headers["cdcrelay.reason"], "topic") {
+				t.Errorf("dead letter headers %v", rec.Headers)
+			}
+			got = append(got, "dlq")
+		}
+	}
+	sort.Strings(got)
+	if strings.Join(got, " ") != "dlq i1 i3" {
+		t.Errorf("records %v, want i1, i3 and a dead letter; relay log:\n%s", got, tail(r.log.String(), 3000))
+	}
+}

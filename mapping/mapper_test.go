@@ -420,3 +420,20 @@ func TestDomainLoopIsBounded(t *testing.T) {
 		t.Error("a domain that is its own base encoded")
 	}
 }
+
+func TestTopicFromRowValuesMustBeAValidName(t *testing.T) {
+	m := mustNew(t, []Spec{{Table: "outbox", Kind: "outbox"}})
+	_, err := m.Map(change(replication.OpInsert, outboxRel(), []replication.Value{text("x"), text("Order Items!"), text("42"), text("T"), text("{}")}, nil))
+	var re *RowError
+	if !errors.As(err, &re) || re.Column != "aggregatetype" || !strings.Contains(re.Reason, `"outbox.event.Order Items!"`) || !strings.Contains(re.Reason, "not a valid Kafka topic name") {
+		t.Fatalf("Map = %v", err)
+	}
+	for _, agg := range []string{strings.Repeat("a", 250), "a/b", "ä"} {
+		if _, err := m.Map(change(replication.OpInsert, outboxRel(), []replication.Value{text("x"), text(agg), text("42"), text("T"), text("{}")}, nil)); err == nil {
+			t.Errorf("aggregate type %.10q…: no row error", agg)
+		}
+	}
+	if _, err := m.Map(change(replication.OpInsert, outboxRel(), []replication.Value{text("x"), text("Order-1_a.b"), text("42"), text("T"), text("{}")}, nil)); err != nil {
+		t.Errorf("valid name refused: %v", err)
+	}
+}

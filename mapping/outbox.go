@@ -65,7 +65,7 @@ func (r *rule) mapOutbox(v *rowView) ([]Event, error) {
 		}
 	}
 
-	if b.topic, err = r.topic.expand(env); err != nil {
+	if b.topic, err = expandTopic(r.topic, env); err != nil {
 		return nil, fmt.Errorf("topic: %w", err)
 	}
 	key, err := r.key.expand(env)

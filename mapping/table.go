@@ -23,7 +23,7 @@ func (r *rule) mapTable(v *rowView) ([]Event, error) {
 	env := v.env(rel.Schema, rel.Table, op)
 	b := &built{env: env, time: c.CommitTime, id: eventID(c.Pos), dataKind: dataJSON, rawKind: dataJSON}
 	var err error
-	if b.topic, err = r.topic.expand(env); err != nil {
+	if b.topic, err = expandTopic(r.topic, env); err != nil {
 		return nil, fmt.Errorf("topic: %w", err)
 	}
 

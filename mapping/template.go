@@ -162,3 +162,40 @@ type colError struct {
 
 func (e *colError) Error() string { return fmt.Sprintf("column %q: %v", e.col, e.err) }
 func (e *colError) Unwrap() error { return e.err }
+
+// expandTopic expands a topic template and checks that the result is a
+// valid Kafka topic name: a name made from row values (outbox.event.{aggregatetype}
+// with "Order Items!") is a row error naming the column, not a produce
+// request that the broker refuses on every retry.
+func expandTopic(t *template, env *tmplEnv) (string, error) {
+	topic, err := t.expand(env)
+	if err != nil {
+		return "", err
+	}
+	if msg := topicNameProblem(topic); msg != "" {
+		err := fmt.Errorf("%q (template %q) is not a valid Kafka topic name: %s", topic, t.raw, msg)
+		if cols := t.columns(); len(cols) > 0 {
+			return "", &colError{col: cols[0], err: err}
+		}
+		return "", err
+	}
+	return topic, nil
+}
+
+// topicNameProblem tells what is wrong with a topic name, "" if nothing.
+func topicNameProblem(t string) string {
+	switch {
+	case t == "":
+		return "it is empty"
+	case t == "." || t == "..":
+		return "it is . or .."
+	case len(t) > 249:
+		return fmt.Sprintf("it is %d characters long; Kafka allows 249", len(t))
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return "a topic name may only contain ASCII letters, digits, '.', '_' and '-'"
+		}
+	}
+	return ""
+}
