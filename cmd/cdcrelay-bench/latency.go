@@ -23,6 +23,10 @@ func runLatency(ctx context.Context, o *options) (result, error) {
 		return r, err
 	}
 	defer b.close(context.Background())
+	// Start from a clean state: no checkpoint owed from earlier writes.
+	if _, err := b.conn.Exec(ctx, `CHECKPOINT`); err != nil {
+		return r, err
+	}
 	const writers = 4
 	perWriter := o.latRate / writers
 	total := perWriter * writers * o.latSecs
@@ -42,7 +46,7 @@ func runLatency(ctx context.Context, o *options) (result, error) {
 		}
 	}()
 	// Warm up: one event through, so the relay is streaming.
-	if err := b.fill(ctx, 1, 1, 200); err != nil {
+	if _, err := b.fill(ctx, 1, 1, 200); err != nil {
 		return r, err
 	}
 	for cons.seen() < 1 {

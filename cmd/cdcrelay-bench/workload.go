@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cdcrelay/cdcrelay/internal/e2e"
+	"github.com/cdcrelay/cdcrelay/replication"
 )
 
 // workload is a backlog: txns transactions of rowsPerTx outbox rows, each
@@ -115,7 +116,9 @@ func newBench(ctx context.Context, o *options, kind string) (*bench, error) {
 		fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'pgoutput')`, b.refSlot),
 		// Rows are generated on the server: the benchmark measures the relay,
 		// not the client that writes. Each loop iteration is one transaction.
-		`CREATE PROCEDURE bench_fill(n_tx int, rows_per_tx int, agg text, pad int) LANGUAGE plpgsql AS $$
+		// last_lsn is the WAL insert position just before the last COMMIT:
+		// the last transaction's commit record starts after it.
+		`CREATE PROCEDURE bench_fill(n_tx int, rows_per_tx int, agg text, pad int, INOUT last_lsn text DEFAULT NULL) LANGUAGE plpgsql AS $$
 		DECLARE i int;
 		BEGIN
 			FOR i IN 0..n_tx-1 LOOP
@@ -124,6 +127,9 @@ func newBench(ctx context.Context, o *options, kind string) (*bench, error) {
 					jsonb_build_object('seq', i*rows_per_tx+j, 'data',
 						(SELECT string_agg(md5((i*rows_per_tx+j)::text || '/' || k::text), '') FROM generate_series(1, pad/32) k))
 				FROM generate_series(1, rows_per_tx) j;
+				IF i = n_tx-1 THEN
+					last_lsn := pg_current_wal_insert_lsn()::text;
+				END IF;
 				COMMIT;
 			END LOOP;
 		END $$`,
@@ -205,9 +211,14 @@ func (b *bench) close(ctx context.Context) {
 	_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+b.db+" WITH (FORCE)")
 }
 
-func (b *bench) fill(ctx context.Context, txns, rowsPerTx, payload int) error {
-	_, err := b.conn.Exec(ctx, `CALL bench_fill($1, $2, $3, $4)`, txns, rowsPerTx, b.aggType, payload)
-	return err
+// fill writes the rows and returns the WAL position just before the last
+// transaction's commit record.
+func (b *bench) fill(ctx context.Context, txns, rowsPerTx, payload int) (replication.LSN, error) {
+	var last string
+	if err := b.conn.QueryRow(ctx, `CALL bench_fill($1, $2, $3, $4, NULL)`, txns, rowsPerTx, b.aggType, payload).Scan(&last); err != nil {
+		return 0, err
+	}
+	return replication.ParseLSN(last)
 }
 
 func (b *bench) currentLSN(ctx context.Context) (string, error) {
@@ -225,7 +236,8 @@ func runBacklog(ctx context.Context, o *options, w workload) (result, error) {
 	defer b.close(context.Background())
 
 	t0 := time.Now()
-	if err := b.fill(ctx, w.txns, w.rowsPerTx, w.payload); err != nil {
+	lastCommit, err := b.fill(ctx, w.txns, w.rowsPerTx, w.payload)
+	if err != nil {
 		return r, fmt.Errorf("write rows: %w", err)
 	}
 	r.writeSecs = since(t0)
@@ -248,25 +260,35 @@ func runBacklog(ctx context.Context, o *options, w workload) (result, error) {
 		fmt.Printf("pg_recvlogical: %.2fs (%.0f rows/s), client CPU %.2fs\n", lim.secs, float64(w.rows())/lim.secs, lim.cpu)
 	}
 
-	// The relay, as a separate process, on the backlog.
-	cons, err := startConsumer(o.brokers, b.topic, w.rows(), 100*time.Millisecond)
+	// The relay, as a separate process, on the backlog. The clock stops
+	// when the relay's checkpoint (committed in the same Kafka transaction
+	// as the events) passes the last transaction's commit: from then on a
+	// read_committed consumer sees every event. Watching the checkpoint
+	// costs a few small requests; consuming a million records on the same
+	// two cores would take CPU from the relay, so the events are counted
+	// after the clock stopped (and must be exactly the rows written).
+	watch, err := newCheckpointWatch(o.brokers, "cdcrelay-"+b.name)
 	if err != nil {
 		return r, err
 	}
-	defer cons.close()
+	defer watch.close()
 	proc, err := startRelay(o, b)
 	if err != nil {
 		return r, err
 	}
 	deadline := time.Duration(float64(10*time.Minute) * max(o.scale, 0.2))
-	if err := cons.wait(ctx, deadline, proc); err != nil {
+	doneAt, err := watch.waitPast(ctx, lastCommit, w.rowsPerTx, deadline, proc)
+	if err != nil {
 		proc.stop()
 		return r, fmt.Errorf("%w\nrelay output (tail):\n%s", err, tail(proc.output(), 3000))
 	}
-	r.relaySecs = cons.lastAt.Sub(proc.started).Seconds()
+	r.relaySecs = doneAt.Sub(proc.started).Seconds()
 	usage, err := proc.stop()
 	if err != nil {
 		fmt.Printf("relay stop: %v\n", err)
+	}
+	if err := countEvents(ctx, o.brokers, b.topic, w.rows()); err != nil {
+		return r, err
 	}
 	r.cpuSecs, r.peakRSSMB = usage.cpu, usage.maxRSSMB
 	fmt.Printf("relay: %d events in %.2fs (%.0f events/s), CPU %.2fs, peak RSS %.1f MB\n",
