@@ -59,6 +59,9 @@ type Stream struct {
 	rctxDeadline time.Time
 }
 
+// ApplicationName names the relay's replication sessions in pg_stat_activity.
+const ApplicationName = "cdcrelay"
+
 // MessagePrefix starts the prefix of every logical message the relay reads.
 const MessagePrefix = "cdcrelay"
 
@@ -82,7 +85,7 @@ func Open(ctx context.Context, cfg StreamConfig) (*Stream, error) {
 	for k, v := range textFormatParams {
 		pc.RuntimeParams[k] = v
 	}
-	pc.RuntimeParams["application_name"] = "cdcrelay"
+	pc.RuntimeParams["application_name"] = ApplicationName
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("replication connection: %w", err)

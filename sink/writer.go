@@ -251,10 +251,16 @@ func (w *Writer) take(ctx context.Context) (sarama.AsyncProducer, error) {
 		return p, nil
 	}
 	if w.prepared != nil {
+		// Bounded like any request: a broker that cannot initialise the
+		// producer must end the session, not stall it.
+		timer := time.NewTimer(w.cfg.RequestTimeout.Duration)
+		defer timer.Stop()
 		select {
 		case r := <-w.prepared:
 			w.prepared = nil
 			return r.p, r.err
+		case <-timer.C:
+			return nil, fmt.Errorf("create transactional producer %q: no answer within %s", w.cfg.TransactionalID, w.cfg.RequestTimeout.Duration)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -396,7 +402,7 @@ func (w *Writer) prepareNext() {
 	ch := make(chan prepared, 1)
 	w.prepared = ch
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.TransactionTimeout.Duration)
+		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.RequestTimeout.Duration)
 		defer cancel()
 		p, err := w.newProducer(ctx)
 		ch <- prepared{p: p, err: err}

@@ -215,11 +215,16 @@ func newTripwireConfig(addr string) string {
 	return tw.config("")
 }
 
-func TestBackfillStub(t *testing.T) {
+// A backfill of a table no mapping names is a usage error, reported before
+// any connection (the tripwire counts them).
+func TestBackfillRefusesUnmappedTable(t *testing.T) {
 	tw := newTripwire(t)
 	code, _, errOut := run(t, "backfill", "public.orders", "--chunk-size", "500", "--max-rate", "100", "--where", "id > 1", "--detach", "--config", writeConfig(t, tw.config("")))
-	if code != exitFailure || !strings.Contains(errOut, "not available") {
+	if code != exitUsage || !strings.Contains(errOut, "public.orders is not mapped") {
 		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if n := tw.conns.Load(); n != 0 {
+		t.Fatalf("%d connection attempts; want none", n)
 	}
 }
 

@@ -225,13 +225,41 @@ func (s *session) openStream(ctx context.Context, start replication.LSN) (*repli
 		if time.Now().After(deadline) {
 			return nil, fatal("%v: something other than cdcrelay streams from it (pg_recvlogical?); stop it first", err)
 		}
-		s.log.Info("slot still in use; waiting for the previous session to end", "slot", pg.Slot, "err", err)
+		// We hold the relay lock, so a cdcrelay walsender on the slot belongs
+		// to a relay that lost it (hung, or cut off) and that Kafka has
+		// already fenced; its walsender would linger until
+		// wal_sender_timeout. End it.
+		if pid := s.terminateStaleWalsender(ctx); pid != 0 {
+			s.log.Warn("terminated the walsender of a relay that lost the lock", "slot", pg.Slot, "pid", pid)
+		} else {
+			s.log.Info("slot still in use; waiting for the previous session to end", "slot", pg.Slot, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// terminateStaleWalsender ends a walsender of another cdcrelay session on
+// the slot and returns its pid (0: none).
+// (The lock's connection belongs to the lease watcher by now: use another.)
+func (s *session) terminateStaleWalsender(ctx context.Context) int64 {
+	conn, err := pgx.Connect(ctx, s.cfg.Postgres.DSN)
+	if err != nil {
+		return 0
+	}
+	defer conn.Close(context.Background())
+	var pid int64
+	err = conn.QueryRow(ctx, `
+		SELECT s.active_pid FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+		WHERE s.slot_name = $1 AND a.application_name = $2 AND pg_terminate_backend(s.active_pid)`,
+		s.cfg.Postgres.Slot, replication.ApplicationName).Scan(&pid)
+	if err != nil {
+		return 0
+	}
+	return pid
 }
 
 // slotBusyWait is how long a slot held by another session is waited for.
