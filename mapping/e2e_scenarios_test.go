@@ -490,3 +490,46 @@ tombstones = false
 		}
 	}
 }
+
+// TestE2EChangelogTruncate: a statement-level AFTER TRUNCATE trigger writes
+// an audit row with op TRUNCATE and no old/new row; it becomes a truncate
+// event without key (key_fields have nothing to read).
+func TestE2EChangelogTruncate(t *testing.T) {
+	e := newRelayEnv(t, 3*time.Minute)
+	e.exec(
+		`CREATE TABLE audit_log (id bigserial PRIMARY KEY, table_name text NOT NULL, op text NOT NULL, old_data jsonb, new_data jsonb)`,
+		`CREATE FUNCTION audit_record() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO audit_log (table_name, op, old_data, new_data)
+			VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP,
+			        CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
+			        CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END);
+			RETURN NULL;
+		END $$`,
+		`CREATE TABLE customers (id int PRIMARY KEY, name text)`,
+		`CREATE TRIGGER customers_audit AFTER INSERT OR UPDATE OR DELETE ON customers FOR EACH ROW EXECUTE FUNCTION audit_record()`,
+		`CREATE TRIGGER customers_audit_truncate AFTER TRUNCATE ON customers FOR EACH STATEMENT EXECUTE FUNCTION audit_record()`,
+	)
+	e.publish("audit_log")
+	topic := e.topic("cl_truncate", 1, nil)
+	e.start(e.config(fmt.Sprintf(`
+[[mapping]]
+table = "public.audit_log"
+kind = "changelog"
+topic = %q
+[mapping.changelog]
+key_fields = ["id"]
+`, topic)))
+	e.exec(`INSERT INTO customers VALUES (1, 'a')`, `TRUNCATE customers`)
+	recs := e.read([]string{topic}, 2, 2*time.Second)
+	if len(recs) != 2 {
+		t.Fatalf("%d events, want 2", len(recs))
+	}
+	ins, tr := decodeEnvelope(t, recs[0]), decodeEnvelope(t, recs[1])
+	if ins.Op != "insert" || string(recs[0].Key) != `{"id":1}` {
+		t.Errorf("insert: op %s key %s", ins.Op, recs[0].Key)
+	}
+	if tr.Op != "truncate" || recs[1].Key != nil || tr.Before != nil || tr.After != nil || tr.Source.Table != "customers" {
+		t.Errorf("truncate: key %q value %s", recs[1].Key, recs[1].Value)
+	}
+}
