@@ -65,29 +65,60 @@ var textFormatParams = map[string]string{
 }
 
 func (r *ChunkReader) load(ctx context.Context) error {
-	schema, name, ok := strings.Cut(r.table, ".")
-	if !ok {
-		schema, name = "public", r.table
+	rel, err := loadRelation(ctx, r.conn, r.types, r.table)
+	if err != nil {
+		return err
 	}
-	r.ident = pgx.Identifier{schema, name}.Sanitize()
+	r.rel = rel
+	r.ident = pgx.Identifier{rel.Schema, rel.Table}.Sanitize()
+	r.pkIdx = nil
+	var names, pks []string
+	for i, c := range rel.Columns {
+		names = append(names, pgx.Identifier{c.Name}.Sanitize())
+		if c.PrimaryKey {
+			r.pkIdx = append(r.pkIdx, i)
+			pks = append(pks, pgx.Identifier{c.Name}.Sanitize())
+		}
+	}
+	if len(r.pkIdx) == 0 {
+		return fmt.Errorf("table %s: %w; backfill needs one to cut chunks and to match stream changes to rows", r.table, ErrNoPrimaryKey)
+	}
+	r.colSQL = strings.Join(names, ", ")
+	r.pkSQL = strings.Join(pks, ", ")
+	return nil
+}
+
+// LoadRelation reads a table's shape from the catalog as the stream would
+// announce it: the published columns in order, their types, the replica
+// identity's key columns and the primary key. table is "schema.table".
+func LoadRelation(ctx context.Context, conn *pgx.Conn, table string) (*Relation, error) {
+	tc := &typeCache{conn: conn, types: map[uint32]*Type{}}
+	return loadRelation(ctx, conn, tc, table)
+}
+
+func loadRelation(ctx context.Context, conn *pgx.Conn, types *typeCache, table string) (*Relation, error) {
+	schema, name, ok := strings.Cut(table, ".")
+	if !ok {
+		schema, name = "public", table
+	}
 	var oid uint32
 	var ident string
-	err := r.conn.QueryRow(ctx, `SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	err := conn.QueryRow(ctx, `SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2`, schema, name).Scan(&oid, &ident)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("table %s does not exist", r.table)
+		return nil, fmt.Errorf("table %s does not exist", table)
 	}
 	if err != nil {
-		return fmt.Errorf("table %s: %w", r.table, err)
+		return nil, fmt.Errorf("table %s: %w", table, err)
 	}
-	rows, err := r.conn.Query(ctx, `
+	rows, err := conn.Query(ctx, `
 		SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false)
 		FROM pg_attribute a
 		LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		ORDER BY a.attnum`, oid)
 	if err != nil {
-		return fmt.Errorf("columns of %s: %w", r.table, err)
+		return nil, fmt.Errorf("columns of %s: %w", table, err)
 	}
 	type col struct {
 		name string
@@ -100,30 +131,20 @@ func (r *ChunkReader) load(ctx context.Context) error {
 		return c, err
 	})
 	if err != nil {
-		return fmt.Errorf("columns of %s: %w", r.table, err)
+		return nil, fmt.Errorf("columns of %s: %w", table, err)
 	}
-	r.rel = &Relation{ID: oid, Schema: schema, Table: name, ReplicaIdentity: ident[0]}
-	r.pkIdx = nil
-	var names, pks []string
-	for i, c := range cols {
-		t, err := r.types.get(ctx, c.oid)
+	rel := &Relation{ID: oid, Schema: schema, Table: name, ReplicaIdentity: ident[0]}
+	for _, c := range cols {
+		t, err := types.get(ctx, c.oid)
 		if err != nil {
-			return fmt.Errorf("table %s column %s: %w", r.table, c.name, err)
+			return nil, fmt.Errorf("table %s column %s: %w", table, c.name, err)
 		}
+		// pgoutput marks the replica identity's columns as key columns:
+		// every column under FULL, else those of the primary key (or index).
 		key := c.pk || ident == "f"
-		r.rel.Columns = append(r.rel.Columns, Column{Name: c.name, Type: t, Key: key, PrimaryKey: c.pk})
-		names = append(names, pgx.Identifier{c.name}.Sanitize())
-		if c.pk {
-			r.pkIdx = append(r.pkIdx, i)
-			pks = append(pks, pgx.Identifier{c.name}.Sanitize())
-		}
+		rel.Columns = append(rel.Columns, Column{Name: c.name, Type: t, Key: key, PrimaryKey: c.pk})
 	}
-	if len(r.pkIdx) == 0 {
-		return fmt.Errorf("table %s: %w; backfill needs one to cut chunks and to match stream changes to rows", r.table, ErrNoPrimaryKey)
-	}
-	r.colSQL = strings.Join(names, ", ")
-	r.pkSQL = strings.Join(pks, ", ")
-	return nil
+	return rel, nil
 }
 
 // Refresh re-reads the table's shape (after ALTER TABLE, say).

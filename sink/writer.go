@@ -63,6 +63,19 @@ func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger) (*Write
 	if err != nil {
 		return nil, err
 	}
+	// The broker applies a topic's max.message.bytes to a whole record
+	// batch, and sarama sizes every batch by one limit: batch no larger than
+	// the smallest topic accepts.
+	limits, err := topicLimits(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for topic, l := range limits {
+		if l < sc.Producer.MaxMessageBytes {
+			log.Info("batching for the topic with the smallest max.message.bytes", "topic", topic, "max_message_bytes", l)
+			sc.Producer.MaxMessageBytes = l
+		}
+	}
 	client, err := sarama.NewClient(cfg.Brokers, sc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to kafka %v: %w", cfg.Brokers, err)
@@ -72,7 +85,7 @@ func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger) (*Write
 		client:      client,
 		log:         log,
 		epochPerTxn: cfg.EpochPerTransaction == nil || *cfg.EpochPerTransaction,
-		limits:      map[string]int{},
+		limits:      limits,
 	}
 	p, err := w.newProducer(ctx)
 	if err != nil {
@@ -212,6 +225,49 @@ func (e *TooLargeError) Error() string {
 	return fmt.Sprintf("event of %d bytes is larger than topic %s accepts (%d bytes)", e.Size, e.Topic, e.Limit)
 }
 
+// topicLimits reads max.message.bytes of every topic in one request.
+func topicLimits(cfg *config.Kafka) (map[string]int, error) {
+	sc, err := adminConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to kafka %v: %w", cfg.Brokers, err)
+	}
+	defer client.Close()
+	topics, err := client.Topics()
+	if err != nil {
+		return nil, fmt.Errorf("list kafka topics: %w", err)
+	}
+	limits := map[string]int{}
+	if len(topics) == 0 {
+		return limits, nil
+	}
+	req := &sarama.DescribeConfigsRequest{Version: 1}
+	for _, t := range topics {
+		req.Resources = append(req.Resources, &sarama.ConfigResource{Type: sarama.TopicResource, Name: t, ConfigNames: []string{"max.message.bytes"}})
+	}
+	b := client.LeastLoadedBroker()
+	if b == nil {
+		return nil, sarama.ErrOutOfBrokers
+	}
+	resp, err := b.DescribeConfigs(req)
+	if err != nil {
+		return nil, fmt.Errorf("describe kafka topics: %w", err)
+	}
+	for _, r := range resp.Resources {
+		for _, e := range r.Configs {
+			if e.Name == "max.message.bytes" {
+				if v, err := strconv.Atoi(e.Value); err == nil {
+					limits[r.Name] = v
+				}
+			}
+		}
+	}
+	return limits, nil
+}
+
 // Txn is one open Kafka transaction.
 type Txn struct {
 	w    *Writer
@@ -297,9 +353,15 @@ func (t *Txn) Send(ctx context.Context, ev *mapping.Event) error {
 	if err := t.firstErr(); err != nil {
 		return err
 	}
-	limit := t.w.maxRecordBytes(ev.Topic)
+	limit, batch := t.w.maxRecordBytes(ev.Topic)
 	if size := ev.Size() + recordOverhead; size > limit {
 		return &TooLargeError{Topic: ev.Topic, Size: size, Limit: limit}
+	}
+	if limit < batch {
+		// A topic created since the writer started, with a smaller limit
+		// than our batches: fail this transaction; the next writer reads
+		// the topic's limit at its start and batches accordingly.
+		return fmt.Errorf("topic %s accepts record batches of at most %d bytes, less than the %d this producer batches; reconnecting with smaller batches", ev.Topic, limit, batch)
 	}
 	msg := producerMessage(ev)
 	select {
@@ -409,15 +471,16 @@ func (w *Writer) prepareNext() {
 	}()
 }
 
-// maxRecordBytes is the largest record topic accepts: its max.message.bytes,
-// capped by the producer's own limit.
-func (w *Writer) maxRecordBytes(topic string) int {
+// maxRecordBytes is the largest record topic accepts (its max.message.bytes,
+// capped by the producer's own limit) and the producer's batch limit.
+func (w *Writer) maxRecordBytes(topic string) (limit, batch int) {
+	batch = w.client.Config().Producer.MaxMessageBytes
 	w.limitsMu.Lock()
 	defer w.limitsMu.Unlock()
 	if l, ok := w.limits[topic]; ok {
-		return l
+		return min(l, batch), batch
 	}
-	limit := defaultMaxMessageBytes
+	limit = defaultMaxMessageBytes
 	if w.admin == nil {
 		if a, err := sarama.NewClusterAdminFromClient(w.client); err == nil {
 			w.admin = a
@@ -435,11 +498,8 @@ func (w *Writer) maxRecordBytes(topic string) int {
 			}
 		}
 	}
-	if pl := w.client.Config().Producer.MaxMessageBytes; pl < limit {
-		limit = pl
-	}
 	w.limits[topic] = limit
-	return limit
+	return min(limit, batch), batch
 }
 
 // Close releases the producers and the connection. It never aborts a

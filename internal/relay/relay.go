@@ -165,6 +165,17 @@ func (s *session) run(ctx context.Context, lock *leaderLock) error {
 	if err != nil {
 		return err
 	}
+	// A mapping that names a column the table lacks is a configuration
+	// error at start, not a surprise on the first row.
+	for _, table := range s.mapper.Tables() {
+		rel, err := replication.LoadRelation(ctx, lock.conn, table)
+		if err != nil {
+			return fatal("mapping of %s: %v", table, err)
+		}
+		if err := s.mapper.CheckRelation(rel); err != nil {
+			return &FatalError{Err: err}
+		}
+	}
 	switch {
 	case !found:
 		cp = sink.Checkpoint{LSN: slot.confirmedFlush}
