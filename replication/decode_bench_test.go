@@ -69,11 +69,11 @@ func viaPglogrepl(s *Stream, data []byte) (*Change, error) {
 	}
 	switch m := lm.(type) {
 	case *pglogrepl.InsertMessage:
-		return s.change(OpInsert, m.RelationID, nil, m.Tuple)
+		return s.change(OpInsert, m.RelationID, nil, m.Tuple, false)
 	case *pglogrepl.UpdateMessage:
-		return s.change(OpUpdate, m.RelationID, m.OldTuple, m.NewTuple)
+		return s.change(OpUpdate, m.RelationID, m.OldTuple, m.NewTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey)
 	case *pglogrepl.DeleteMessage:
-		return s.change(OpDelete, m.RelationID, m.OldTuple, nil)
+		return s.change(OpDelete, m.RelationID, m.OldTuple, nil, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey)
 	}
 	return nil, fmt.Errorf("not a row message")
 }

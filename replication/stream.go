@@ -274,14 +274,14 @@ func (s *Stream) decode(ctx context.Context, xld pglogrepl.XLogData) (Message, e
 		s.relations[rel.ID] = rel
 		return nil, nil
 	case *pglogrepl.InsertMessage:
-		return s.change(OpInsert, m.RelationID, nil, m.Tuple)
+		return s.change(OpInsert, m.RelationID, nil, m.Tuple, false)
 	case *pglogrepl.UpdateMessage:
-		return s.change(OpUpdate, m.RelationID, m.OldTuple, m.NewTuple)
+		return s.change(OpUpdate, m.RelationID, m.OldTuple, m.NewTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey)
 	case *pglogrepl.DeleteMessage:
-		return s.change(OpDelete, m.RelationID, m.OldTuple, nil)
+		return s.change(OpDelete, m.RelationID, m.OldTuple, nil, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			c, err := s.change(OpTruncate, id, nil, nil)
+			c, err := s.change(OpTruncate, id, nil, nil, false)
 			if err != nil {
 				return nil, err
 			}
@@ -305,7 +305,9 @@ func (s *Stream) decode(ctx context.Context, xld pglogrepl.XLogData) (Message, e
 	return nil, nil
 }
 
-func (s *Stream) change(op Op, relID uint32, oldTuple, newTuple *pglogrepl.TupleData) (*Change, error) {
+// keyOnlyOld says the old row holds only the replica identity's columns;
+// pgoutput sends the others as NULL, which they are not.
+func (s *Stream) change(op Op, relID uint32, oldTuple, newTuple *pglogrepl.TupleData, keyOnlyOld bool) (*Change, error) {
 	rel, ok := s.relations[relID]
 	if !ok {
 		return nil, fmt.Errorf("change of unknown relation %d at commit %s: no Relation message was received", relID, s.begin.CommitLSN)
@@ -327,6 +329,13 @@ func (s *Stream) change(op Op, relID uint32, oldTuple, newTuple *pglogrepl.Tuple
 	if oldTuple != nil {
 		if c.Old, err = values(rel, oldTuple); err != nil {
 			return nil, err
+		}
+		if keyOnlyOld {
+			for i := range c.Old {
+				if !rel.Columns[i].Key {
+					c.Old[i] = Value{Kind: ValueAbsent}
+				}
+			}
 		}
 	}
 	return c, nil

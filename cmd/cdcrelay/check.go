@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/cobra"
 
@@ -144,6 +145,28 @@ func (a *app) checkPostgres(ctx context.Context, cfg *config.Config, p *plan, r 
 		return
 	}
 	r.addPostgres(rep)
+	a.checkMappingsFitTables(ctx, cfg, conn, r)
+}
+
+// checkMappingsFitTables checks each mapping against its table's columns,
+// as the relay does at start: a template or setting naming a column the
+// table lacks fails here, not on the first row.
+func (a *app) checkMappingsFitTables(ctx context.Context, cfg *config.Config, conn *pgx.Conn, r *checkReport) {
+	mapper, err := mapping.New(cfg.Mappings, mapping.WithRelayName(cfg.Relay.Name))
+	if err != nil {
+		return // reported with the configuration
+	}
+	for _, table := range mapper.Tables() {
+		rel, err := replication.LoadRelation(ctx, conn, table)
+		if err != nil {
+			continue // a missing table is reported by the checks above
+		}
+		if err := mapper.CheckRelation(rel); err != nil {
+			r.add("postgres", "mapping_columns", table, "fail", err.Error(), "fix the [[mapping]] of "+table+" in relay.toml, or add the column to the table")
+			continue
+		}
+		r.add("postgres", "mapping_columns", table, "ok", "the mapping fits the table's columns", "")
+	}
 }
 
 // checkKafka checks reachability, topics and transactions into r.

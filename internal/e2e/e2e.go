@@ -213,7 +213,16 @@ func ReadCommitted(ctx context.Context, brokers []string, topics []string, want 
 			return nil, fmt.Errorf("partitions of %s: %w", topic, err)
 		}
 		for _, part := range parts {
-			pc, err := consumer.ConsumePartition(topic, part, sarama.OffsetOldest)
+			// Just after a topic is created its leader may not be known
+			// everywhere yet: retry a few times.
+			var pc sarama.PartitionConsumer
+			for attempt := 0; ; attempt++ {
+				pc, err = consumer.ConsumePartition(topic, part, sarama.OffsetOldest)
+				if err == nil || attempt == 20 || ctx.Err() != nil {
+					break
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("consume %s/%d: %w", topic, part, err)
 			}
