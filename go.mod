@@ -3,7 +3,6 @@ module github.com/cdcrelay/cdcrelay
 go 1.26.8
 
 require (
-	github.com/BurntSushi/toml v1.6.0
 	github.com/IBM/sarama v1.61.1
 	github.com/jackc/pglogrepl v0.0.0-20251213150135-2e8d0df862c1
 	github.com/jackc/pgx/v5 v5.12.0

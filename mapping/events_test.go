@@ -11,9 +11,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/BurntSushi/toml"
 	"github.com/cdcrelay/cdcrelay/replication"
 	"github.com/jackc/pglogrepl"
+	"github.com/pelletier/go-toml/v2"
 )
 
 // eventFile is one file of testdata/golden/events: a mapping, the relation,
@@ -181,12 +181,10 @@ func TestGoldenEvents(t *testing.T) {
 			var doc struct {
 				Mapping []Spec `toml:"mapping"`
 			}
-			md, err := toml.Decode("[[mapping]]\n"+f.Mapping, &doc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if u := md.Undecoded(); len(u) > 0 {
-				t.Fatalf("unknown keys in mapping: %v", u)
+			tdec := toml.NewDecoder(strings.NewReader("[[mapping]]\n" + f.Mapping))
+			tdec.DisallowUnknownFields()
+			if err := tdec.Decode(&doc); err != nil {
+				t.Fatalf("%s: mapping: %v", path, err)
 			}
 			spec := doc.Mapping[0]
 			var opts []Option
