@@ -59,6 +59,9 @@ func (s *Stream) decodeRow(data []byte) (*Change, error) {
 			if c.Old, p, err = decodeTuple(rel, p[1:]); err != nil {
 				return nil, err
 			}
+			if body[0] == 'K' {
+				keyOnly(rel, c.Old)
+			}
 		}
 		if len(p) == 0 || p[0] != 'N' {
 			return nil, fmt.Errorf("table %s: update message: expected new tuple 'N'", rel.QualifiedName())
@@ -68,12 +71,25 @@ func (s *Stream) decodeRow(data []byte) (*Change, error) {
 		if body[0] != 'K' && body[0] != 'O' {
 			return nil, fmt.Errorf("table %s: delete message: expected old tuple 'K' or 'O', got %q", rel.QualifiedName(), body[0])
 		}
-		c.Old, _, err = decodeTuple(rel, body[1:])
+		if c.Old, _, err = decodeTuple(rel, body[1:]); err == nil && body[0] == 'K' {
+			keyOnly(rel, c.Old)
+		}
 	}
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// keyOnly marks the non-key columns of a key-only old row ('K': the replica
+// identity's columns only) absent: pgoutput sends them as NULL, which they
+// are not (as Stream.change does for the pglogrepl path).
+func keyOnly(rel *Relation, vs []Value) {
+	for i := range vs {
+		if !rel.Columns[i].Key {
+			vs[i] = Value{Kind: ValueAbsent}
+		}
+	}
 }
 
 // decodeTuple decodes TupleData at the start of p into values that alias p,

@@ -88,6 +88,8 @@ func newBenchStream() *Stream {
 // unchanged-TOAST and missing trailing columns.
 func TestDecodeRowMatchesPglogrepl(t *testing.T) {
 	key := tuple([]byte("42"))
+	// pgoutput's 'K' tuple: every column, the non-key ones as NULL.
+	keyNulls := tuple([]byte("42"), nil, nil, nil, nil)
 	full := tuple([]byte("42"), []byte("order"), nil, []byte("T"), []byte(`{"a":1}`))
 	toast := tuple([]byte("42"), []byte("order"), []byte("agg"), []byte("T"), []byte("\x00u"))
 	msgs := map[string][]byte{
@@ -98,6 +100,8 @@ func TestDecodeRowMatchesPglogrepl(t *testing.T) {
 		"update-key":       rowMessage('U', 16385, byte('K'), key, byte('N'), full),
 		"update-old":       rowMessage('U', 16385, byte('O'), full, byte('N'), toast),
 		"delete-key":       rowMessage('D', 16385, byte('K'), key),
+		"delete-key-nulls": rowMessage('D', 16385, byte('K'), keyNulls),
+		"update-key-nulls": rowMessage('U', 16385, byte('K'), keyNulls, byte('N'), full),
 		"delete-old":       rowMessage('D', 16385, byte('O'), full),
 		"insert-empty-str": rowMessage('I', 16385, byte('N'), tuple([]byte(""), []byte("x"))),
 	}
