@@ -68,11 +68,13 @@ lint: fmt-check vet
 
 # The benchmark (docs/performance.md) runs on the dev servers: it starts them
 # when they are not up (and leaves them running; `make dev-down` stops them).
-# BENCHFLAGS are passed on, e.g. BENCHFLAGS='-only outbox-small -profile prof'.
+# BENCHFLAGS are passed on, e.g. BENCHFLAGS='-only outbox-small -profile prof';
+# BENCH_DIR=/tmp/x runs it on servers of its own (stop: bin/devenv down --dir /tmp/x).
 BENCHFLAGS ?=
+BENCH_DIR ?= $(DEV_DIR)
 bench: kafka-jars devenv
-	@if [ -f $(DEV_DIR)/env.sh ]; then echo "bench: using the dev servers in $(DEV_DIR)"; \
-	else echo "bench: dev servers not up; starting them (make dev-up; stop with make dev-down)"; fi
-	@$(DEVENV) up --dir $(DEV_DIR) >/dev/null
+	@if [ -f $(BENCH_DIR)/env.sh ]; then echo "bench: using the dev servers in $(BENCH_DIR)"; \
+	else echo "bench: dev servers not up; starting them in $(BENCH_DIR) (stop with bin/devenv down --dir $(BENCH_DIR))"; fi
+	@$(DEVENV) up --dir $(BENCH_DIR) >/dev/null
 	@$(GO) build -o bin/cdcrelay-bench ./cmd/cdcrelay-bench
-	@. $(DEV_DIR)/env.sh && bin/cdcrelay-bench $(BENCHFLAGS)
+	@. $(BENCH_DIR)/env.sh && bin/cdcrelay-bench $(BENCHFLAGS)
