@@ -58,19 +58,26 @@ var ErrBroken = errors.New("kafka writer failed earlier; it must be re-created")
 // NewWriter connects and creates the transactional producer. Creating it
 // fences any other producer with the same transactional.id and aborts that
 // producer's open transaction, so the checkpoint read afterwards is final.
-func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger) (*Writer, error) {
+func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger, opts ...WriterOption) (*Writer, error) {
+	var o writerOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	sc, err := SaramaConfig(cfg, true)
 	if err != nil {
 		return nil, err
 	}
 	// The broker applies a topic's max.message.bytes to a whole record
 	// batch, and sarama sizes every batch by one limit: batch no larger than
-	// the smallest topic accepts.
+	// the smallest of the topics this writer may write.
 	limits, err := topicLimits(cfg)
 	if err != nil {
 		return nil, err
 	}
 	for topic, l := range limits {
+		if o.writes != nil && !o.writes(topic) {
+			continue
+		}
 		if l < sc.Producer.MaxMessageBytes {
 			log.Info("batching for the topic with the smallest max.message.bytes", "topic", topic, "max_message_bytes", l)
 			sc.Producer.MaxMessageBytes = l
@@ -94,6 +101,19 @@ func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger) (*Write
 	}
 	w.current = p
 	return w, nil
+}
+
+// WriterOption adjusts a Writer.
+type WriterOption func(*writerOptions)
+
+type writerOptions struct {
+	writes func(topic string) bool
+}
+
+// WritesTopics names the topics the writer may write (by default, any): only
+// their size limits shape its batches.
+func WritesTopics(match func(topic string) bool) WriterOption {
+	return func(o *writerOptions) { o.writes = match }
 }
 
 // newProducer initialises a producer (InitProducerId: a new epoch), retrying

@@ -26,6 +26,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -151,7 +153,7 @@ func (s *session) run(ctx context.Context, lock *leaderLock) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	w, err := sink.NewWriter(ctx, &s.cfg.Kafka, s.log)
+	w, err := sink.NewWriter(ctx, &s.cfg.Kafka, s.log, sink.WritesTopics(topicMatcher(s.mapper)))
 	if err != nil {
 		return err
 	}
@@ -275,6 +277,47 @@ func (s *session) terminateStaleWalsender(ctx context.Context) int64 {
 
 // slotBusyWait is how long a slot held by another session is waited for.
 const slotBusyWait = 30 * time.Second
+
+// topicMatcher tells the topics the mappings can write: their topic
+// templates ({...} matching any text) and their dead-letter topics.
+func topicMatcher(m *mapping.Mapper) func(string) bool {
+	var patterns []*regexp.Regexp
+	exact := map[string]bool{}
+	for _, table := range m.Tables() {
+		if dl := m.DeadLetterTopic(table); dl != "" {
+			exact[dl] = true
+		}
+		spec, _ := m.Spec(table)
+		var re strings.Builder
+		re.WriteString("^")
+		t := spec.Topic
+		for {
+			i := strings.IndexByte(t, '{')
+			j := strings.IndexByte(t, '}')
+			if i < 0 || j < i {
+				re.WriteString(regexp.QuoteMeta(t))
+				break
+			}
+			re.WriteString(regexp.QuoteMeta(t[:i]) + ".+")
+			t = t[j+1:]
+		}
+		re.WriteString("$")
+		if p, err := regexp.Compile(re.String()); err == nil {
+			patterns = append(patterns, p)
+		}
+	}
+	return func(topic string) bool {
+		if exact[topic] {
+			return true
+		}
+		for _, p := range patterns {
+			if p.MatchString(topic) {
+				return true
+			}
+		}
+		return false
+	}
+}
 
 // databaseName is the database a DSN connects to, for event metadata.
 func databaseName(dsn string) string {
