@@ -80,17 +80,24 @@ func (r *rule) mapOutbox(v *rowView) ([]Event, error) {
 	}
 	kind := payloadKind(v.colType(o.Payload))
 	var pj []byte // the payload inside a JSON envelope
+	// Only the JSON envelope embeds the payload re-encoded; the others pass
+	// it through (json and jsonb columns hold valid JSON by construction).
+	embed := r.spec.Envelope == EnvelopeJSON || r.spec.Envelope == EnvelopeCEStructed
 	if payload.Kind == replication.ValueText {
 		switch kind {
 		case dataBinary:
 			if b.raw, err = decodeBytea(payload.Text); err != nil {
 				return nil, &colError{col: o.Payload, err: err}
 			}
-			pj, _ = EncodeValue(nil, &replication.Type{Name: "bytea"}, payload.Text)
+			if embed {
+				pj, _ = EncodeValue(nil, &replication.Type{Name: "bytea"}, payload.Text)
+			}
 		case dataJSON:
 			b.raw = payload.Text
-			if pj, err = EncodeValue(nil, &replication.Type{Name: "json"}, payload.Text); err != nil {
-				return nil, &colError{col: o.Payload, err: err}
+			if embed {
+				if pj, err = EncodeValue(nil, &replication.Type{Name: "json"}, payload.Text); err != nil {
+					return nil, &colError{col: o.Payload, err: err}
+				}
 			}
 		default:
 			b.raw = payload.Text

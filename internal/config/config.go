@@ -110,7 +110,7 @@ type Batch struct {
 	// transactions to join it.
 	Linger Duration `toml:"linger"` // default 20ms
 	// ReadAheadBytes bounds the decoded changes buffered while a commit is in flight.
-	ReadAheadBytes int64 `toml:"read_ahead_bytes"` // default 32 MiB
+	ReadAheadBytes int64 `toml:"read_ahead_bytes"` // default 16 MiB
 }
 
 // Metrics is the Prometheus and health endpoint.

@@ -71,7 +71,7 @@ func TestMinimalDefaults(t *testing.T) {
 		{"batch.max_events", c.Batch.MaxEvents, 5000},
 		{"batch.max_bytes", c.Batch.MaxBytes, int64(8 << 20)},
 		{"batch.linger", c.Batch.Linger.Duration, 20 * time.Millisecond},
-		{"batch.read_ahead_bytes", c.Batch.ReadAheadBytes, int64(32 << 20)},
+		{"batch.read_ahead_bytes", c.Batch.ReadAheadBytes, int64(16 << 20)},
 		{"metrics.listen", c.Metrics.Listen, ""},
 		{"mapping count", len(c.Mappings), 1},
 		{"mapping[1].table", c.Mappings[0].Table, "public.outbox"},

@@ -117,7 +117,7 @@ const (
 	DefaultMaxEvents              = 5000
 	DefaultMaxBytes               = 8 << 20
 	DefaultLinger                 = "20ms"
-	DefaultReadAheadBytes         = 32 << 20
+	DefaultReadAheadBytes         = 16 << 20
 )
 
 // SlotName is the default replication slot and publication name for a relay

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/cdcrelay/cdcrelay/internal/config"
 )
 
 // budget bounds the bytes of decoded changes buffered between the reader and
@@ -18,7 +20,7 @@ type budget struct {
 
 func newBudget(max int64) *budget {
 	if max <= 0 {
-		max = 32 << 20
+		max = config.DefaultReadAheadBytes
 	}
 	return &budget{max: max, freed: make(chan struct{})}
 }

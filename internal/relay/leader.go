@@ -67,6 +67,12 @@ func acquireLeadership(ctx context.Context, cfg *config.Config, opts Options, lo
 		conn.Close(context.Background())
 		return nil, err
 	}
+	// A holder is a live relay only once we see it renew its lease; the
+	// backend of a relay that just died (SIGKILL, before Postgres noticed)
+	// holds the lock too, but never renews it, and soon ends or goes stale.
+	var seen *lockHolder
+	var seenAt time.Time
+	deadline := time.Now().Add(leaseStale + 2*leasePing)
 	for {
 		var ok bool
 		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, l.key).Scan(&ok); err != nil {
@@ -82,7 +88,10 @@ func acquireLeadership(ctx context.Context, cfg *config.Config, opts Options, lo
 		if err != nil {
 			return fail(err)
 		}
-		if holder != nil && (holder.pid == previous || holder.silent > leaseStale) {
+		if holder == nil {
+			continue // released between our attempt and the look
+		}
+		if holder.pid == previous || holder.silent > leaseStale {
 			log.Warn("terminating a stale holder of the relay lock", "slot", cfg.Postgres.Slot, "holder", holder.String(), "silent", holder.silent.Round(time.Second).String())
 			if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend($1)`, int64(holder.pid)); err != nil {
 				return fail(fmt.Errorf("terminate stale lock holder (%s): %w", holder, err))
@@ -90,17 +99,20 @@ func acquireLeadership(ctx context.Context, cfg *config.Config, opts Options, lo
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		if !opts.Standby {
+		now := time.Now()
+		renewed := seen != nil && seen.pid == holder.pid && holder.silent+100*time.Millisecond < seen.silent+now.Sub(seenAt)
+		seen, seenAt = holder, now
+		if !opts.Standby && (renewed || now.After(deadline)) {
 			return fail(fatal("another cdcrelay is already running for slot %s (%s); stop it first, or start this one with --standby to wait for it", cfg.Postgres.Slot, holder))
 		}
-		if !waiting {
+		if opts.Standby && !waiting {
 			log.Info("standby: another relay is active; waiting to take over", "slot", cfg.Postgres.Slot, "active", holder.String())
 			waiting = true
 		}
 		select {
 		case <-ctx.Done():
 			return fail(ctx.Err())
-		case <-time.After(time.Second):
+		case <-time.After(500 * time.Millisecond):
 		}
 	}
 }

@@ -196,7 +196,11 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 			linger.Reset(cfg.Batch.Linger.Duration)
 			lingerExpired = false
 		}
-		if !p.inTx && (p.txn != nil && (lingerExpired || p.full()) || p.mustCheckpoint) {
+		// Under a backlog (more chunks already queued) the transaction keeps
+		// filling up to its size limit rather than committing on linger;
+		// the linger still bounds it at ten times its value.
+		backlog := len(p.chunks) > 0 && time.Since(p.txnOpened) < 10*cfg.Batch.Linger.Duration
+		if !p.inTx && (p.txn != nil && (lingerExpired && !backlog || p.full()) || p.mustCheckpoint) {
 			linger.Stop()
 			lingerExpired = false
 			if err := p.commit(ctx); err != nil {
@@ -242,6 +246,11 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 	case *replication.Commit:
 		p.inTx = false
 		p.lastSource = m.CommitTime
+		if p.txn == nil && p.pending.TxLSN == m.CommitLSN {
+			// The last Kafka transaction ended inside this one: checkpoint
+			// its end now, not at the next idle tick.
+			p.mustCheckpoint = true
+		}
 		if !p.skipAll && m.EndLSN > p.pending.LSN {
 			p.pending.LSN = m.EndLSN
 		}
