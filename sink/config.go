@@ -26,7 +26,7 @@ func SaramaConfig(cfg *config.Kafka, transactional bool) (*sarama.Config, error)
 	sc.Net.ReadTimeout = cfg.RequestTimeout.Duration
 	sc.Net.WriteTimeout = cfg.RequestTimeout.Duration
 	sc.Net.DialTimeout = 10 * time.Second
-	sc.Metadata.Retry.Max = 5
+	sc.Metadata.Retry.Max = 3
 	sc.Metadata.Retry.Backoff = 250 * time.Millisecond
 	sc.Producer.Partitioner = sarama.NewMurmur2Partitioner
 	sc.Producer.Return.Errors = true
@@ -43,7 +43,10 @@ func SaramaConfig(cfg *config.Kafka, transactional bool) (*sarama.Config, error)
 		// Below the read timeout, so a produce that the broker could not
 		// finish comes back as an error rather than as a dropped connection.
 		sc.Producer.Timeout = cfg.RequestTimeout.Duration * 2 / 3
-		sc.Producer.Retry.Max = 5
+		// Few retries inside sarama: a broker that stays away must fail the
+		// session within a few request timeouts (crash-only; the next
+		// session resumes from the checkpoint), not after minutes of retries.
+		sc.Producer.Retry.Max = 2
 		sc.Producer.Retry.Backoff = 200 * time.Millisecond
 		sc.Producer.Transaction.ID = cfg.TransactionalID
 		sc.Producer.Transaction.Timeout = cfg.TransactionTimeout.Duration
