@@ -32,21 +32,13 @@ func (s *Stream) decodeRow(data []byte) (*Change, error) {
 	default:
 		return nil, fmt.Errorf("pgoutput message %q is not a row change", kind)
 	}
-	rel, ok := s.relations[relID]
-	if !ok {
-		return nil, fmt.Errorf("change of unknown relation %d at commit %s: no Relation message was received", relID, s.begin.CommitLSN)
+	c, err := s.newChange(op, relID)
+	if err != nil {
+		return nil, err
 	}
-	c := &Change{
-		Op:         op,
-		Relation:   rel,
-		Pos:        Pos{CommitLSN: s.begin.CommitLSN, Index: s.index},
-		XID:        s.begin.XID,
-		CommitTime: s.begin.CommitTime,
-	}
-	s.index++
+	rel := c.Relation
 	body := make([]byte, len(data)-5)
 	copy(body, data[5:])
-	var err error
 	switch kind {
 	case 'I':
 		if body[0] != 'N' {

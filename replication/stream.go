@@ -320,9 +320,9 @@ func (s *Stream) decode(ctx context.Context, xld pglogrepl.XLogData) (Message, e
 	return nil, nil
 }
 
-// keyOnlyOld says the old row holds only the replica identity's columns;
-// pgoutput sends the others as NULL, which they are not.
-func (s *Stream) change(op Op, relID uint32, oldTuple, newTuple *pglogrepl.TupleData, keyOnlyOld bool) (*Change, error) {
+// newChange starts a change of relation relID at the next position of the
+// current transaction.
+func (s *Stream) newChange(op Op, relID uint32) (*Change, error) {
 	rel, ok := s.relations[relID]
 	if !ok {
 		return nil, fmt.Errorf("change of unknown relation %d at commit %s: no Relation message was received", relID, s.begin.CommitLSN)
@@ -335,7 +335,17 @@ func (s *Stream) change(op Op, relID uint32, oldTuple, newTuple *pglogrepl.Tuple
 		CommitTime: s.begin.CommitTime,
 	}
 	s.index++
-	var err error
+	return c, nil
+}
+
+// keyOnlyOld says the old row holds only the replica identity's columns;
+// pgoutput sends the others as NULL, which they are not.
+func (s *Stream) change(op Op, relID uint32, oldTuple, newTuple *pglogrepl.TupleData, keyOnlyOld bool) (*Change, error) {
+	c, err := s.newChange(op, relID)
+	if err != nil {
+		return nil, err
+	}
+	rel := c.Relation
 	if newTuple != nil {
 		if c.New, err = values(rel, newTuple); err != nil {
 			return nil, err
