@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -41,16 +42,38 @@ func FreePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
+	// Servers restart during tests, leaving their port unbound for a moment.
+	// A port from the kernel's ephemeral range can then be taken as the
+	// local port of some client connection, and the server cannot bind it
+	// again; so pick below that range.
+	lo, hi := serverPortRange()
 	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for attempt := 0; len(ports) < n; attempt++ {
+		if attempt > 1000 {
+			return nil, fmt.Errorf("find a free port in %d-%d: none after %d tries", lo, hi, attempt)
+		}
+		port := lo + mrand.IntN(hi-lo)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
+			continue
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+// serverPortRange is where FreePorts picks: below the ephemeral range of
+// /proc/sys/net/ipv4/ip_local_port_range (32768 by default).
+func serverPortRange() (lo, hi int) {
+	lo, hi = 20000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var first int
+		if _, err := fmt.Sscan(string(b), &first); err == nil && first > lo+1000 {
+			hi = first
+		}
+	}
+	return lo, hi
 }
 
 // TempRoot is the directory under which servers create their own directories:
