@@ -94,7 +94,11 @@ func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger, opts ..
 		epochPerTxn: cfg.EpochPerTransaction == nil || *cfg.EpochPerTransaction,
 		limits:      limits,
 	}
-	p, err := w.newProducer(ctx)
+	// Bounded, so that a broker that accepts connections but does not answer
+	// ends the session (logged, retried) instead of holding it silently.
+	pctx, cancel := context.WithTimeout(ctx, cfg.TransactionTimeout.Duration)
+	p, err := w.newProducer(pctx)
+	cancel()
 	if err != nil {
 		client.Close()
 		return nil, err
@@ -289,10 +293,16 @@ func topicLimits(cfg *config.Kafka) (map[string]int, error) {
 }
 
 // Txn is one open Kafka transaction.
+//
+// Its deadline is the transaction timeout from Begin: by then the broker
+// aborts the transaction anyway, so a send or commit that sarama is still
+// retrying (a broker that went silent without closing the connection) is
+// given up, and the session ends instead of hanging without a word.
 type Txn struct {
-	w    *Writer
-	p    sarama.AsyncProducer
-	sent int
+	w        *Writer
+	p        sarama.AsyncProducer
+	sent     int
+	deadline time.Time
 
 	mu     sync.Mutex
 	failed chan struct{}
@@ -315,7 +325,8 @@ func (w *Writer) Begin(ctx context.Context) (*Txn, error) {
 		p.AsyncClose()
 		return nil, fmt.Errorf("begin kafka transaction: %w", err)
 	}
-	t := &Txn{w: w, p: p, failed: make(chan struct{}), done: make(chan struct{})}
+	t := &Txn{w: w, p: p, failed: make(chan struct{}), done: make(chan struct{}),
+		deadline: time.Now().Add(w.cfg.TransactionTimeout.Duration)}
 	go t.drainErrors()
 	return t, nil
 }
@@ -388,11 +399,30 @@ func (t *Txn) Send(ctx context.Context, ev *mapping.Event) error {
 	case t.p.Input() <- msg:
 		t.sent++
 		return nil
+	default:
+	}
+	// sarama's buffers are full: wait for room, but not past the deadline.
+	timer := time.NewTimer(time.Until(t.deadline))
+	defer timer.Stop()
+	select {
+	case t.p.Input() <- msg:
+		t.sent++
+		return nil
 	case <-t.failed:
 		return t.firstErr()
+	case <-timer.C:
+		return t.expired("send")
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// ErrTxnExpired means a transaction was still not through when its
+// transaction timeout passed; its outcome (for a commit) is unknown.
+var ErrTxnExpired = errors.New("kafka transaction not finished within the transaction timeout")
+
+func (t *Txn) expired(what string) error {
+	return fmt.Errorf("%s: %w (kafka.transaction_timeout %s; is the broker reachable?)", what, ErrTxnExpired, t.w.cfg.TransactionTimeout.Duration)
 }
 
 // producerMessage is the record for ev. Its CreateTime is the event's
@@ -422,8 +452,34 @@ func (t *Txn) Sent() int { return t.sent }
 // same epoch (a late abort or commit could then hit a later transaction,
 // KAFKA-17754), and the caller must re-create the Writer and read the
 // checkpoint to learn what happened.
+//
+// A commit still unanswered at the transaction's deadline counts as failed;
+// sarama's CommitTxn cannot be cancelled, so it is left to finish (or fail)
+// in the background and its producer is closed then. The next Writer's
+// producer fences whatever it still sends.
 func (t *Txn) Commit(cp Checkpoint) error {
-	err := t.commit(cp)
+	result := make(chan error, 1)
+	go func() { result <- t.commit(cp) }()
+	// A commit gets at least one request timeout, even in a transaction
+	// that is near its deadline already (one that waited for Postgres).
+	deadline := t.deadline
+	if d := time.Now().Add(t.w.cfg.RequestTimeout.Duration); d.After(deadline) {
+		deadline = d
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	var err error
+	select {
+	case err = <-result:
+	case <-timer.C:
+		err = t.expired(fmt.Sprintf("commit kafka transaction (checkpoint %s)", cp))
+		t.w.broken = err
+		go func() {
+			<-result
+			t.p.AsyncClose()
+		}()
+		return err
+	}
 	if err != nil {
 		t.w.broken = err
 		t.p.AsyncClose()

@@ -63,7 +63,8 @@ type Kafka struct {
 	// Version is the Kafka protocol version sarama speaks; default "3.6.0".
 	Version string `toml:"version"`
 	// TransactionTimeout bounds a Kafka transaction (transaction.timeout.ms);
-	// it is also how long a dead relay can block read_committed consumers.
+	// it is also how long a dead relay can block read_committed consumers, and
+	// how long a send or commit is waited for before the session gives up.
 	TransactionTimeout Duration `toml:"transaction_timeout"` // default 60s
 	// RequestTimeout is the network read timeout (request.timeout.ms).
 	RequestTimeout Duration `toml:"request_timeout"` // default 30s
