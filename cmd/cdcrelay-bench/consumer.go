@@ -73,10 +73,19 @@ func startConsumer(brokers []string, topic string, want int, maxWait time.Durati
 		return nil, err
 	}
 	for _, part := range parts {
-		pc, err := c.ConsumePartition(topic, part, sarama.OffsetOldest)
+		// Just after a topic is created its leader may not be known yet
+		// (NOT_LEADER_OR_FOLLOWER): retry for a few seconds.
+		var pc sarama.PartitionConsumer
+		for attempt := 0; ; attempt++ {
+			pc, err = c.ConsumePartition(topic, part, sarama.OffsetOldest)
+			if err == nil || attempt == 20 {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
 		if err != nil {
 			k.close()
-			return nil, err
+			return nil, fmt.Errorf("consume %s/%d: %w", topic, part, err)
 		}
 		k.pcs = append(k.pcs, pc)
 		go func() {

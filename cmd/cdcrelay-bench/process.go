@@ -7,13 +7,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 )
 
-// relayProc is the relay running as its own process, so that its CPU time and
-// peak RSS come from the kernel (wait4's rusage), not from the relay.
+// relayProc is the relay running as its own process, so that its CPU time
+// (wait4's rusage) and peak RSS (/proc/PID/status VmHWM) come from the
+// kernel, not from the relay.
+//
+// Peak RSS is not wait4's ru_maxrss: Linux carries the hiwater mark of the
+// address space a process had before exec into it, and Go's os/exec starts
+// the child sharing the harness's address space (CLONE_VM), so ru_maxrss is
+// never below the harness's own RSS at that moment (several workloads then
+// reported the same figure). VmHWM is the relay's own address space only.
 type relayProc struct {
 	cmd     *exec.Cmd
 	started time.Time
@@ -71,6 +80,7 @@ func (p *relayProc) output() string { return p.out.String() }
 // stop sends SIGTERM (the relay commits and exits), waits, and reads the
 // process's resource usage.
 func (p *relayProc) stop() (usage, error) {
+	hwm, hwmErr := peakRSSMB(p.cmd.Process.Pid)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	var err error
 	select {
@@ -84,11 +94,32 @@ func (p *relayProc) stop() (usage, error) {
 	var u usage
 	if ps := p.cmd.ProcessState; ps != nil {
 		u.cpu = (ps.UserTime() + ps.SystemTime()).Seconds()
-		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-			u.maxRSSMB = float64(ru.Maxrss) / 1024 // kilobytes on Linux
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && hwmErr != nil {
+			u.maxRSSMB = float64(ru.Maxrss) / 1024 // kilobytes on Linux; an upper bound, see relayProc
 		}
 	}
+	if hwmErr == nil {
+		u.maxRSSMB = hwm
+	}
 	return u, err
+}
+
+// peakRSSMB reads VmHWM, the peak resident set of pid's address space, in MB.
+func peakRSSMB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			if err != nil {
+				return 0, fmt.Errorf("VmHWM of %d: %q: %v", pid, rest, err)
+			}
+			return kb / 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
 }
 
 type lockedBuffer struct {

@@ -19,6 +19,9 @@ import (
 type chunk struct {
 	msgs  []replication.Message
 	bytes int64
+	// received is when the reader got the chunk's first message: the linger
+	// of a batch counts from there, not from when the committer got to it.
+	received time.Time
 }
 
 const (
@@ -45,6 +48,7 @@ type pipeline struct {
 	txnEvents    int
 	txnBytes     int64
 	txnOpened    time.Time
+	arrived      time.Time // when the input being handled reached the relay
 	txnTopics    map[string]int
 	lastSource   time.Time // commit time of the last source transaction seen whole
 	serverWALEnd replication.LSN
@@ -113,6 +117,9 @@ func (p *pipeline) read(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if len(c.msgs) == 0 {
+			c.received = time.Now()
+		}
 		c.msgs = append(c.msgs, m)
 		c.bytes += messageSize(m)
 		switch m.(type) {
@@ -170,6 +177,7 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 			}
 			return err
 		case c := <-p.chunks:
+			p.arrived = c.received
 			for _, m := range c.msgs {
 				if err := p.handle(ctx, m); err != nil {
 					p.abandon()
@@ -178,12 +186,14 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 			}
 			p.budget.release(c.bytes)
 		case res := <-p.bf.pendingResults():
+			p.arrived = time.Now()
 			p.bf.onResult(res)
 		case <-linger.C:
 			lingerExpired = true
 		case <-idle.C:
 			// While the mapped tables are quiet, checkpoint the server's
 			// position so the slot can advance and WAL is not retained.
+			p.arrived = time.Now()
 			if p.txn == nil && !p.inTx && p.pending.LSN > p.s.durable.LSN &&
 				time.Since(p.lastCommit) >= cfg.Postgres.IdleCheckpointInterval.Duration {
 				if err := p.commit(ctx); err != nil {
@@ -192,9 +202,16 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 			}
 		}
 		if p.txn != nil && p.txnOpened.IsZero() {
+			// Changes that arrived while the previous commit was in flight
+			// have waited already: their linger is (partly) spent.
 			p.txnOpened = time.Now()
-			linger.Reset(cfg.Batch.Linger.Duration)
-			lingerExpired = false
+			if wait := cfg.Batch.Linger.Duration - p.txnOpened.Sub(p.arrived); wait > 0 {
+				linger.Reset(wait)
+				lingerExpired = false
+			} else {
+				linger.Stop()
+				lingerExpired = true
+			}
 		}
 		// Under a backlog (more chunks already queued) the transaction keeps
 		// filling up to its size limit rather than committing on linger;
