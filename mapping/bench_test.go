@@ -52,7 +52,7 @@ func BenchmarkMapOutbox(b *testing.B) {
 	}
 }
 
-// BenchmarkEncodeJSONB is the jsonb value encoding (json.Compact today).
+// BenchmarkEncodeJSONB is the jsonb value encoding (compactServerJSON).
 func BenchmarkEncodeJSONB(b *testing.B) {
 	for _, n := range []int{200, 4096} {
 		v := []byte(fmt.Sprintf(`{"seq": 12345, "data": "%s", "tags": ["a", "b"], "n": 1.5}`, strings.Repeat("a1b2c3d4", n/8)))

@@ -71,8 +71,14 @@ func encodeValue(dst []byte, t *replication.Type, text []byte, depth int) ([]byt
 		return append(dst, '"'), nil
 	case "json", "jsonb":
 		// Inline, compacted: whitespace goes, every token (numbers too) stays.
+		if !utf8.Valid(text) {
+			return dst, fmt.Errorf("%s value is not valid JSON", t.Name)
+		}
+		if out, ok := compactServerJSON(dst, text); ok {
+			return out, nil
+		}
 		buf := bytes.NewBuffer(dst)
-		if !utf8.Valid(text) || json.Compact(buf, text) != nil {
+		if json.Compact(buf, text) != nil {
 			return dst, fmt.Errorf("%s value is not valid JSON", t.Name)
 		}
 		return buf.Bytes(), nil
@@ -269,4 +275,53 @@ func appendStr(dst []byte, s string) []byte {
 		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
 	return appendValidString(dst, s)
+}
+
+// compactServerJSON appends src without the whitespace outside its strings.
+// It is for the text output of the json and jsonb types, which the server
+// validated on input, so it only tracks strings and escapes; the result is
+// what json.Compact gives for valid JSON (FuzzCompactServerJSON checks it),
+// at a fraction of the cost (json.Compact's validating state machine was 11 %
+// of a backfill's CPU). ok is false for text that is empty or not closed
+// (an open string, object or array: a truncated value); the caller then lets
+// json.Compact report the error.
+func compactServerJSON(dst, src []byte) (out []byte, ok bool) {
+	depth, tokens := 0, 0
+	start := 0
+	for i := 0; i < len(src); i++ {
+		switch src[i] {
+		case ' ', '\t', '\n', '\r':
+			dst = append(dst, src[start:i]...)
+			start = i + 1
+			continue
+		case '"':
+			// Jump to the closing quote: the first one preceded by an even
+			// number of backslashes.
+			for {
+				j := bytes.IndexByte(src[i+1:], '"')
+				if j < 0 {
+					return dst, false
+				}
+				i += 1 + j
+				n := 0
+				for k := i - 1; src[k] == '\\'; k-- {
+					n++
+				}
+				if n%2 == 0 {
+					break
+				}
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth--; depth < 0 {
+				return dst, false
+			}
+		}
+		tokens++
+	}
+	if depth != 0 || tokens == 0 {
+		return dst, false
+	}
+	return append(dst, src[start:]...), true
 }

@@ -1,9 +1,7 @@
 package mapping
 
 import (
-	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -134,11 +132,11 @@ func structuredCE(b *built, source, ceType string) []byte {
 		switch b.dataKind {
 		case dataJSON:
 			v = append(v, `,"data":`...)
-			buf := bytes.NewBuffer(v)
-			if json.Compact(buf, b.data) != nil {
-				buf.Write(b.data) // not reached: the kinds validate their JSON
+			if out, ok := compactServerJSON(v, b.data); ok {
+				v = out
+			} else {
+				v = append(v, b.data...) // not reached: the kinds validate their JSON
 			}
-			v = buf.Bytes()
 		case dataText:
 			v = append(v, `,"data":`...)
 			v = appendValidString(v, b.data) // checked by the kind
