@@ -50,10 +50,6 @@ func keyOnlyOld(c *replication.Change) *replication.Change {
 	return &cc
 }
 
-func newRowView(c *replication.Change) *rowView {
-	return &rowView{c: c, rel: c.Relation, idx: columnIndex(c.Relation)}
-}
-
 var (
 	errAbsent    = errors.New("value is not part of the row image the stream sent")
 	errUnchanged = errors.New("value is an unchanged TOASTed value that the stream did not send (set REPLICA IDENTITY FULL to have it)")
