@@ -108,7 +108,8 @@ type Batch struct {
 	MaxEvents int   `toml:"max_events"` // default 5000
 	MaxBytes  int64 `toml:"max_bytes"`  // default 8 MiB
 	// Linger is how long a Kafka transaction stays open for more Postgres
-	// transactions to join it.
+	// transactions to join it, counted from when its first change reached
+	// the relay.
 	Linger Duration `toml:"linger"` // default 20ms
 	// ReadAheadBytes bounds the decoded changes buffered while a commit is in flight.
 	ReadAheadBytes int64 `toml:"read_ahead_bytes"` // default 16 MiB
