@@ -165,6 +165,27 @@ func TestSchemaChangeTakesEffectAtTheNextChange(t *testing.T) {
 	if err != nil || string(evs[0].Value) != `{"id":3,"region":"eu","doc":"{}"}` {
 		t.Fatalf("after a type change: %s, %v", evs[0].Value, err)
 	}
+	// What Map caches is per Relation, not per table: a change that still
+	// carries the first Relation maps by its shape.
+	evs, err = m.Map(change(replication.OpInsert, rel, []replication.Value{text("4"), text("us"), text("{}")}, nil))
+	if err != nil || string(evs[0].Value) != `{"id":4,"region":"us","doc":{}}` {
+		t.Fatalf("first Relation again: %s, %v", evs[0].Value, err)
+	}
+}
+
+// A relay that runs for months sees a new Relation per session and per ALTER
+// TABLE: the per-Relation cache must stay bounded.
+func TestRelationCacheIsBounded(t *testing.T) {
+	m := mustNew(t, []Spec{{Table: "orders", Kind: "table", Envelope: "raw"}})
+	for i := 0; i < 3*maxCachedRelations; i++ {
+		evs, err := m.Map(change(replication.OpInsert, ordersRel(), []replication.Value{text("1"), text("eu"), text("{}")}, nil))
+		if err != nil || len(evs) != 1 {
+			t.Fatalf("Map %d: %v, %v", i, evs, err)
+		}
+		if n := len(m.rels); n > maxCachedRelations {
+			t.Fatalf("%d Relations cached after %d changes, bound %d", n, i+1, maxCachedRelations)
+		}
+	}
 }
 
 // A change that breaks the mapping (the key column is dropped) is a row

@@ -98,7 +98,9 @@ type Change struct {
 }
 
 // Relation describes a published table as the stream last announced it.
-// Postgres re-announces it after ALTER TABLE, before the next change.
+// Postgres re-announces it after ALTER TABLE, before the next change, and the
+// stream then makes a new Relation: one that has been handed out is never
+// changed, so consumers may cache what they derive from it by pointer.
 type Relation struct {
 	ID      uint32
 	Schema  string
