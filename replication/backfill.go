@@ -4,16 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// ChunkReader reads a table's rows in primary-key order, one short query per
-// chunk (no table lock, no snapshot held between chunks), in the same text
-// form the stream delivers, so backfilled rows map exactly like streamed ones.
-// It also writes the watermarks that place each chunk in the stream.
+// ChunkReader reads a table's rows in primary-key order, one short
+// read-only transaction per chunk (no table lock, no snapshot held between
+// chunks), in the same text form the stream delivers, so backfilled rows map
+// exactly like streamed ones. Each chunk comes with the snapshot it was read
+// in. It also writes the watermarks that place each chunk in the stream.
 type ChunkReader struct {
 	conn   *pgx.Conn
 	types  *typeCache
@@ -41,6 +44,10 @@ func OpenChunkReader(ctx context.Context, dsn, table, where string) (*ChunkReade
 		pc.RuntimeParams[k] = v
 	}
 	pc.RuntimeParams["application_name"] = "cdcrelay backfill"
+	// The watermarks need to be in the WAL, not on a synchronous standby:
+	// the stream delivers them once flushed here. Waiting for a slow (or
+	// absent) standby would hold every chunk back for nothing.
+	pc.RuntimeParams["synchronous_commit"] = "local"
 	conn, err := pgx.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("backfill connection: %w", err)
@@ -179,8 +186,144 @@ func (r *ChunkReader) whereSQL(and bool) string {
 }
 
 // Read returns up to limit rows whose primary key follows after (nil: from
-// the start), in primary-key order.
+// the start), in primary-key order, in a snapshot of its own.
 func (r *ChunkReader) Read(ctx context.Context, after []string, limit int) ([][]Value, error) {
+	return r.readRows(ctx, after, limit)
+}
+
+// Chunk is the outcome of [ChunkReader.ReadChunk].
+type Chunk struct {
+	// Snapshot is the one the rows were read in: a row holds the changes of
+	// exactly the transactions visible in it.
+	Snapshot Snapshot
+	Rows     [][]Value
+}
+
+// ReadChunk is [ChunkReader.Read] in a REPEATABLE READ, READ ONLY
+// transaction whose first statement takes pg_current_snapshot(), so the
+// snapshot returned is the one the rows were read in.
+func (r *ChunkReader) ReadChunk(ctx context.Context, after []string, limit int) (Chunk, error) {
+	pc := r.conn.PgConn()
+	// BEGIN and the first statement in one round trip: the transaction's
+	// snapshot is taken by that statement, and pg_current_snapshot() returns
+	// the active snapshot, which is it.
+	res, err := pc.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_current_snapshot()::text`).ReadAll()
+	if err != nil {
+		r.rollback()
+		return Chunk{}, fmt.Errorf("backfill %s: begin chunk: %w", r.table, err)
+	}
+	var c Chunk
+	if len(res) != 2 || len(res[1].Rows) != 1 {
+		r.rollback()
+		return Chunk{}, fmt.Errorf("backfill %s: begin chunk: unexpected reply", r.table)
+	}
+	if c.Snapshot, err = ParseSnapshot(string(res[1].Rows[0][0])); err != nil {
+		r.rollback()
+		return Chunk{}, fmt.Errorf("backfill %s: %w", r.table, err)
+	}
+	if c.Rows, err = r.readRows(ctx, after, limit); err != nil {
+		r.rollback()
+		return Chunk{}, err
+	}
+	if err := pc.Exec(ctx, `COMMIT`).Close(); err != nil {
+		return Chunk{}, fmt.Errorf("backfill %s: end chunk: %w", r.table, err)
+	}
+	return c, nil
+}
+
+// rollback ends a chunk's transaction after a failure; a connection whose
+// rollback fails is broken and the next statement says so.
+func (r *ChunkReader) rollback() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = r.conn.PgConn().Exec(ctx, `ROLLBACK`).Close()
+}
+
+// CurrentSnapshot returns pg_current_snapshot() of a statement of its own.
+func (r *ChunkReader) CurrentSnapshot(ctx context.Context) (Snapshot, error) {
+	var s string
+	if err := r.conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&s); err != nil {
+		return Snapshot{}, fmt.Errorf("backfill %s: current snapshot: %w", r.table, err)
+	}
+	return ParseSnapshot(s)
+}
+
+// SyncRepWaiters returns the xids of the transactions whose commit waits
+// for a synchronous standby (wait event SyncRep): committed - the commit
+// record is flushed and pg_xact updated - but still in the proc array, so
+// invisible to new snapshots. pg_xact_status() cannot tell these apart from
+// open transactions: it reports "in progress" while the proc array lists
+// them. seen is false when other roles' wait events are hidden from the
+// connection's role (it needs pg_read_all_stats) while synchronous
+// replication is configured: then waiters cannot be told apart.
+func (r *ChunkReader) SyncRepWaiters(ctx context.Context) (xids []uint32, seen bool, err error) {
+	var syncNames string
+	if err := r.conn.QueryRow(ctx, `SELECT current_setting('synchronous_standby_names'),
+			(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')`).Scan(&syncNames, &seen); err != nil {
+		return nil, false, fmt.Errorf("backfill %s: synchronous replication settings: %w", r.table, err)
+	}
+	if syncNames == "" {
+		return nil, true, nil // no synchronous standby: no commit waits
+	}
+	rows, err := r.conn.Query(ctx, `SELECT backend_xid::text FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND backend_xid IS NOT NULL`)
+	if err != nil {
+		return nil, seen, fmt.Errorf("backfill %s: sessions waiting for a synchronous standby: %w", r.table, err)
+	}
+	xids, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (uint32, error) {
+		var s string
+		if err := row.Scan(&s); err != nil {
+			return 0, err
+		}
+		x, err := strconv.ParseUint(s, 10, 32)
+		return uint32(x), err
+	})
+	if err != nil {
+		return nil, seen, fmt.Errorf("backfill %s: sessions waiting for a synchronous standby: %w", r.table, err)
+	}
+	return xids, seen, nil
+}
+
+// Backend describes the session running a transaction, for the log line
+// that says what a chunk waits for.
+type Backend struct {
+	XID   uint64
+	PID   int64  // 0: no session found (e.g. a prepared transaction)
+	App   string // application_name
+	Wait  string // wait_event_type:wait_event, e.g. "IPC:SyncRep"
+	State string
+	Since time.Duration // since the session's last state change
+	// Prepared is the gid of a prepared (two-phase) transaction.
+	Prepared string
+}
+
+// Backends looks up the sessions running xids (pg_stat_activity, and
+// pg_prepared_xacts for two-phase transactions).
+func (r *ChunkReader) Backends(ctx context.Context, xids []uint64) ([]Backend, error) {
+	var out []Backend
+	for _, x := range xids {
+		b := Backend{XID: x}
+		short := strconv.FormatUint(x&0xFFFFFFFF, 10) // the xid type of both views is 32-bit
+		var since float64
+		err := r.conn.QueryRow(ctx, `
+			SELECT pid, coalesce(application_name, ''), coalesce(wait_event_type || ':' || wait_event, ''), coalesce(state, ''),
+			       coalesce(extract(epoch FROM clock_timestamp() - state_change), 0)::float8
+			FROM pg_stat_activity WHERE backend_xid::text = $1`, short).Scan(&b.PID, &b.App, &b.Wait, &b.State, &since)
+		b.Since = time.Duration(since * float64(time.Second))
+		if errors.Is(err, pgx.ErrNoRows) {
+			err = r.conn.QueryRow(ctx, `SELECT gid FROM pg_prepared_xacts WHERE transaction::text = $1`, short).Scan(&b.Prepared)
+			if errors.Is(err, pgx.ErrNoRows) {
+				err = nil
+			}
+		}
+		if err != nil {
+			return out, fmt.Errorf("backfill %s: sessions of transactions: %w", r.table, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func (r *ChunkReader) readRows(ctx context.Context, after []string, limit int) ([][]Value, error) {
 	var sql strings.Builder
 	fmt.Fprintf(&sql, "SELECT %s FROM %s", r.colSQL, r.ident)
 	params := make([][]byte, 0, len(after))

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -18,15 +19,88 @@ import (
 	"github.com/cdcrelay/cdcrelay/sink"
 )
 
-// Backfill follows Netflix's DBLog (as Debezium's incremental snapshots do):
-// the table is read in primary-key chunks, each between a low and a high
-// watermark written into the WAL. While the stream passes between the two,
-// the keys it changes are noted; at the high watermark the chunk's rows whose
-// key the stream did not change are published as "read" events. Every key
-// therefore ends with its newest state, and no backfill event overtakes a
-// newer change. The chunk cursor is part of the checkpoint, committed in the
-// same Kafka transaction as the chunk's events, so a restart continues from
-// the last published chunk.
+// Backfill follows Netflix's DBLog, as Debezium's incremental snapshots do:
+// the table is read in primary-key chunks while the stream goes on, and a
+// chunk's rows are published at the chunk's high watermark, a logical
+// message written into the WAL after the chunk was read, except the rows
+// whose key the stream changed in a way the chunk does not show. The chunk
+// cursor is part of the checkpoint, committed in the same Kafka transaction
+// as the chunk's events, so a restart continues after the last published
+// chunk.
+//
+// Which changes does a chunk not show? WAL order is not visibility order:
+// Postgres writes and flushes a transaction's commit record, marks it
+// committed in pg_xact, waits for a synchronous standby if one is
+// configured, and only then removes it from the proc array
+// (RecordTransactionCommit, then ProcArrayEndTransaction in
+// CommitTransaction); new snapshots see it from that moment on. The stream
+// delivers the transaction once its commit record is flushed, so it may be
+// delivered - and published - before it is visible, for microseconds
+// normally, for as long as a slow synchronous standby takes. A chunk read in
+// that moment holds the row as it was before, and publishing it after the
+// update would overtake the update (or bring back a deleted row). So the
+// window is defined by the chunk's snapshot, not by WAL positions:
+//
+//  1. Each chunk is read in a REPEATABLE READ, READ ONLY transaction whose
+//     first statement returns pg_current_snapshot(): rows and snapshot S are
+//     one. A row holds the changes of exactly the transactions visible in
+//     S. The high watermark H is written after that transaction ends.
+//  2. Every transaction T visible in S is delivered before H: T's commit
+//     record was inserted before T left the proc array, which was before S
+//     was taken, which was before H's commit record was inserted; the stream
+//     delivers transactions in the order of their commit records.
+//  3. Rule at H: a chunk row is dropped iff a transaction T that the stream
+//     delivered before H changed its key and T is not visible in S. A
+//     visible T is reflected in the row already. An invisible T is newer
+//     than the row: a later change of the same row waits for the earlier
+//     one's row lock, which is released only after it left the proc array,
+//     so an older change than the row's is visible. Its change was
+//     published when it was delivered, and any later change follows in the
+//     stream, so the key still ends with its newest state. Transactions
+//     delivered after H are published after the chunk: correct order.
+//  4. The committer therefore keeps, while a table's backfill runs, a log of
+//     the table's streamed changes: the keys per source transaction
+//     (changeLog), not only those after some watermark. At each H, after
+//     deciding, it forgets the transactions visible in S: a committed
+//     transaction visible in one snapshot is visible in every later one.
+//     What stays are the changes since the last chunk and the few
+//     transactions committed but not yet visible; nothing waits for them.
+//     A truncate, or a transaction logged past maxLoggedKeys, has no keys
+//     to drop: while it is invisible in S the chunk is not published but
+//     read again, after it has become visible.
+//  5. The base case: transactions delivered before the log began (a
+//     backfill requested mid-session, or a session starting with a backfill
+//     running). At a request, the last transactions the stream delivered
+//     that changed the table are known (xidRing): they are logged with
+//     unknown keys, so the first chunk is read only once they are visible.
+//     In both cases the first chunk also waits for every transaction whose
+//     commit waits for a synchronous standby (wait event SyncRep in
+//     pg_stat_activity; pgChunks.awaitVisible): the only way a commit stays
+//     invisible for long. pg_xact_status() cannot serve here: it reports
+//     "in progress" for a committed transaction still in the proc array.
+//     Only committed transactions are waited for: they become visible as
+//     soon as the standby confirms. A transaction that stays open for hours
+//     holds nothing back: it is not committed, and when it commits its
+//     changes are delivered and logged like any other. A wait of more than
+//     a second is logged at WARN with the session's pid and wait event, and
+//     counted in cdcrelay_backfill_held_back_total.
+//
+// The one assumption left: without a synchronous standby, the moment
+// between a commit record's flush and the transaction leaving the proc
+// array is short (a few steps of RecordTransactionCommit and
+// ProcArrayEndTransaction, waiting at most for their locks); a commit that
+// took longer than a relay restart (or, at a backfill request, one older
+// than the ring's 4096 transactions) would not be waited for by the first
+// chunk. So would a COMMIT PREPARED waiting for a synchronous standby (the
+// session waiting is not the prepared transaction's). And to see other
+// roles' wait events the relay's role needs pg_read_all_stats; without it,
+// and with synchronous replication configured, the relay says so at WARN.
+// The checkpoint cannot carry the unconfirmed xids instead: it has to fit
+// the broker's offset metadata (offset.metadata.max.bytes, 4 KiB).
+//
+// There is no low watermark: the log is continuous while a backfill runs,
+// and the snapshot, not a WAL position, says which changes a chunk shows.
+// High watermarks of older versions and low watermarks are ignored.
 
 // BackfillState is one table's backfill as recorded in the checkpoint.
 type BackfillState struct {
@@ -124,57 +198,82 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// backfiller is the committer's backfill machinery for one session.
+// backfiller is the committer's backfill machinery for one session. It
+// runs on the committer's goroutine, except the chunk reads: at most one
+// chunk goroutine runs at a time, and its result is taken only by the
+// committer.
 type backfiller struct {
 	p         *pipeline
+	src       chunkSource
 	reqPrefix string
 	wmPrefix  string
 
-	results  chan chunkResult
-	inflight *chunkRun
-	next     time.Time // earliest start of the next chunk (rate limit, retry)
-	wg       sync.WaitGroup
+	// ctx is the chunk goroutines'; close cancels it.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	results chan chunkResult
+	wg      sync.WaitGroup
+	// run is the chunk being read or awaiting its high watermark. It stays
+	// set while its goroutine runs, even when the chunk was abandoned (a
+	// newer request, a cancel), so no second read starts beside it.
+	run *chunkRun
 
-	readersMu sync.Mutex // the chunk goroutine's; held only while one runs
-	readers   map[string]*replication.ChunkReader
+	next  time.Time // earliest start of the next chunk (rate limit, retry)
+	timer *time.Timer
+
+	logs map[string]*changeLog // tables whose backfill runs
+	ring xidRing
+	// the log of the last change's relation, looked up once per relation
+	lastRel *replication.Relation
+	lastLog *changeLog
+	lastPK  []string
 }
 
 type chunkRun struct {
-	id      string
-	table   string
-	state   BackfillState
-	started time.Time
-	low     bool                  // the low watermark has passed in the stream
-	window  []*replication.Change // the table's changes since the low watermark
-	result  *chunkResult
+	id        string
+	table     string
+	state     BackfillState
+	limit     int
+	scheduled time.Time // when the rate limit let it start
+	cancel    context.CancelFunc
+	abandoned bool
+	result    *chunkResult
 }
 
-type chunkResult struct {
-	id       string
-	rows     [][]replication.Value
-	keys     [][]string
-	rel      *replication.Relation
-	pk       []string
-	estimate int64
-	err      error
-}
-
-func newBackfiller(p *pipeline) *backfiller {
-	return &backfiller{
+// newBackfiller makes the session's backfiller; ctx bounds its chunk reads.
+func newBackfiller(ctx context.Context, p *pipeline, src chunkSource) *backfiller {
+	ctx, cancel := context.WithCancel(ctx)
+	b := &backfiller{
 		p:         p,
+		src:       src,
 		reqPrefix: requestPrefix(p.s.cfg),
 		wmPrefix:  watermarkPrefix(p.s.cfg),
+		ctx:       ctx,
+		cancel:    cancel,
 		results:   make(chan chunkResult, 1),
-		readers:   map[string]*replication.ChunkReader{},
+		timer:     time.NewTimer(time.Hour),
+		logs:      map[string]*changeLog{},
 	}
+	b.timer.Stop()
+	// A running backfill's log begins with the session; its base are the
+	// transactions committed before, of which the session knows none: the
+	// first chunk waits for those found committed but not yet visible.
+	for table, st := range b.states() {
+		if st.Status == BackfillRunning {
+			b.logs[table] = newChangeLog(nil)
+		}
+	}
+	return b
 }
 
-// close waits for a running chunk read and closes the connections.
+// close stops a running chunk read, waits for its goroutine and closes the
+// connections. It does not block on an error exit: the read is cancelled
+// and its result is not sent once the context is done.
 func (b *backfiller) close() {
+	b.cancel()
 	b.wg.Wait()
-	for _, r := range b.readers {
-		r.Close()
-	}
+	b.timer.Stop()
+	b.src.close()
 }
 
 // states returns the pending backfill states, decoded.
@@ -187,9 +286,16 @@ func (b *backfiller) states() map[string]BackfillState {
 	return st
 }
 
-// setState records a table's state in the pending checkpoint. The map is
-// copied, never changed in place: the durable checkpoint shares it.
+// setState records a table's state in the pending checkpoint and asks for
+// a commit. The map is copied, never changed in place: the durable
+// checkpoint shares it.
 func (b *backfiller) setState(table string, st BackfillState) {
+	b.putState(table, st)
+	b.p.mustCheckpoint = true
+	b.p.s.obs.BackfillProgress(table, st.Done, st.Total)
+}
+
+func (b *backfiller) putState(table string, st BackfillState) {
 	raw, _ := json.Marshal(st)
 	m := maps.Clone(b.p.pending.Backfills)
 	if m == nil {
@@ -197,8 +303,16 @@ func (b *backfiller) setState(table string, st BackfillState) {
 	}
 	m[table] = raw
 	b.p.pending.Backfills = m
-	b.p.mustCheckpoint = true
-	b.p.s.obs.BackfillProgress(table, st.Done, st.Total)
+}
+
+// setLog changes which tables are logged; the per-relation cache follows.
+func (b *backfiller) setLog(table string, l *changeLog) {
+	if l == nil {
+		delete(b.logs, table)
+	} else {
+		b.logs[table] = l
+	}
+	b.lastRel, b.lastLog, b.lastPK = nil, nil, nil
 }
 
 // onMessage handles a logical message that reached the committer.
@@ -208,19 +322,27 @@ func (b *backfiller) onMessage(ctx context.Context, m *replication.LogicalMessag
 		return b.onRequest(m.Content)
 	case b.wmPrefix:
 		kind, id, _ := strings.Cut(string(m.Content), ":")
-		c := b.inflight
-		if c == nil || c.id != id {
-			return nil // a watermark of a chunk abandoned by an earlier session
+		if kind != "high" {
+			return nil // a low watermark of an older version
 		}
-		switch kind {
-		case "low":
-			c.low = true
-		case "high":
-			if !c.low {
-				return nil
+		r := b.run
+		if r == nil || r.id != id || r.abandoned {
+			return nil // a chunk abandoned, or of an earlier session
+		}
+		// The reader writes the high watermark before it hands over the
+		// rows, so they are at most a moment away.
+		for r.result == nil {
+			select {
+			case res := <-b.results:
+				b.onResult(res)
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-			return b.publishChunk(ctx, c)
+			if b.run != r {
+				return nil // the read failed after all; it is retried
+			}
 		}
+		return b.publishChunk(ctx, r)
 	}
 	return nil
 }
@@ -247,8 +369,13 @@ func (b *backfiller) onRequest(content []byte) error {
 		if _, mapped := b.p.mapper.Spec(table); !mapped {
 			st.Status, st.Error = BackfillFailed, "table is not mapped in relay.toml"
 		}
-		if b.inflight != nil && b.inflight.table == table {
-			b.inflight = nil // superseded
+		b.abandon(table)
+		if st.Status == BackfillRunning {
+			// The transactions just delivered may not be visible yet: the
+			// first chunk waits for them (point 5 of the argument).
+			b.setLog(table, newChangeLog(b.ring.of(table)))
+		} else {
+			b.setLog(table, nil)
 		}
 		b.p.log.Info("backfill requested", "table", table, "id", req.ID, "where", req.Where, "chunk_size", st.ChunkSize, "max_rate", st.MaxRate)
 		b.setState(table, st)
@@ -257,130 +384,169 @@ func (b *backfiller) onRequest(content []byte) error {
 			return nil
 		}
 		cur.Status, cur.Finished = BackfillCancelled, time.Now().UTC()
-		if b.inflight != nil && b.inflight.table == table {
-			b.inflight = nil
-		}
+		b.abandon(table)
+		b.setLog(table, nil)
 		b.p.log.Info("backfill cancelled", "table", table, "id", cur.ID, "done", cur.Done)
 		b.setState(table, cur)
 	}
 	return nil
 }
 
-// onChange notes a streamed change of the table while a chunk's window is
-// open; its key is compared with the chunk's rows at the high watermark.
-func (b *backfiller) onChange(c *replication.Change) {
-	r := b.inflight
-	if r == nil || !r.low || c.Relation.QualifiedName() != r.table {
+// abandon gives up the chunk of table in flight, if any: its goroutine is
+// cancelled, and its result and high watermark will be ignored. Until the
+// goroutine has ended no other chunk starts.
+func (b *backfiller) abandon(table string) {
+	r := b.run
+	if r == nil || r.table != table {
 		return
 	}
-	r.window = append(r.window, c)
+	if r.result != nil {
+		b.run = nil // its goroutine has ended already
+		return
+	}
+	r.abandoned = true
+	r.cancel()
+}
+
+// onChange notes a streamed change (also one already published by an
+// earlier session and skipped now: it was published before the next high
+// watermark all the same).
+func (b *backfiller) onChange(c *replication.Change) {
+	b.ring.note(c.XID, c.Relation)
+	if len(b.logs) == 0 {
+		return
+	}
+	if c.Relation != b.lastRel {
+		b.lastRel = c.Relation
+		b.lastLog = b.logs[c.Relation.QualifiedName()]
+		b.lastPK = b.lastPK[:0]
+		for _, col := range c.Relation.Columns {
+			if col.PrimaryKey {
+				b.lastPK = append(b.lastPK, col.Name)
+			}
+		}
+	}
+	l := b.lastLog
+	if l == nil {
+		return
+	}
+	var keys [][]string
+	if c.Op != replication.OpTruncate && len(b.lastPK) > 0 {
+		keys = replication.KeyOfChange(c, b.lastPK)
+	}
+	if len(keys) == 0 {
+		l.addUnknown(c.XID) // a truncate, or a change whose key we cannot read
+		return
+	}
+	l.add(c.XID, keys)
+}
+
+// chunkLimit is the rows per chunk: the requested size, and with a rate
+// limit at most a tenth of a second's rows, so the rate holds over short
+// windows too and the last chunk ends close to rows/rate.
+func chunkLimit(st BackfillState) int {
+	n := st.ChunkSize
+	if st.MaxRate > 0 {
+		n = min(n, max(1, int(math.Ceil(st.MaxRate/10))))
+	}
+	return n
 }
 
 // maybeStart launches the next chunk read when none is in flight.
-func (b *backfiller) maybeStart(ctx context.Context) {
-	if b.inflight != nil || time.Now().Before(b.next) || len(b.p.pending.Backfills) == 0 {
+func (b *backfiller) maybeStart() {
+	now := time.Now()
+	if b.run != nil || len(b.logs) == 0 || now.Before(b.next) {
 		return
 	}
 	states := b.states()
 	for _, table := range b.p.mapper.Tables() {
 		st, ok := states[table]
-		if !ok || st.Status != BackfillRunning {
+		l := b.logs[table]
+		if !ok || st.Status != BackfillRunning || l == nil {
 			continue
 		}
-		run := &chunkRun{id: st.ID + "-" + newID(), table: table, state: st, started: time.Now()}
-		b.inflight = run
+		limit := chunkLimit(st)
+		scheduled := b.next
+		if st.MaxRate <= 0 || now.Sub(scheduled) > time.Duration(float64(limit)/st.MaxRate*float64(time.Second)) {
+			scheduled = now // no catching up after a pause longer than a chunk
+		}
+		ctx, cancel := context.WithCancel(b.ctx)
+		run := &chunkRun{id: st.ID + "-" + newID(), table: table, state: st, limit: limit, scheduled: scheduled, cancel: cancel}
+		req := chunkRequest{
+			id: run.id, table: table, where: st.Where, after: st.Cursor, limit: limit,
+			estimate: st.Total == 0, waitFor: l.unknown(), base: l.needBase,
+		}
+		b.run = run
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			b.results <- b.readChunk(ctx, run)
+			defer cancel()
+			res := b.src.read(ctx, req)
+			select {
+			case b.results <- res:
+			case <-b.ctx.Done():
+			}
 		}()
 		return
 	}
 }
 
-// readChunk runs in its own goroutine: low watermark, chunk query, high
-// watermark, each its own short transaction.
-func (b *backfiller) readChunk(ctx context.Context, run *chunkRun) chunkResult {
-	b.readersMu.Lock()
-	defer b.readersMu.Unlock()
-	res := chunkResult{id: run.id}
-	st := run.state
-	r := b.readers[run.table]
-	if r == nil {
-		var err error
-		r, err = replication.OpenChunkReader(ctx, b.p.s.cfg.Postgres.DSN, run.table, st.Where)
-		if err != nil {
-			res.err = err
-			return res
-		}
-		b.readers[run.table] = r
-	} else if err := r.Refresh(ctx); err != nil {
-		res.err = err
-		return res
-	}
-	res.rel, res.pk = r.Relation(), r.PrimaryKeyNames()
-	if st.Total == 0 {
-		if n, err := r.Estimate(ctx); err == nil {
-			res.estimate = n
-		}
-	}
-	if res.err = r.Watermark(ctx, b.wmPrefix, []byte("low:"+run.id)); res.err != nil {
-		return res
-	}
-	if res.rows, res.err = r.Read(ctx, st.Cursor, st.ChunkSize); res.err != nil {
-		return res
-	}
-	for _, row := range res.rows {
-		res.keys = append(res.keys, r.Key(row))
-	}
-	res.err = r.Watermark(ctx, b.wmPrefix, []byte("high:"+run.id))
-	return res
-}
-
 // onResult takes a chunk read's outcome off the results channel.
 func (b *backfiller) onResult(res chunkResult) {
-	r := b.inflight
+	r := b.run
 	if r == nil || r.id != res.id {
+		b.p.log.Debug("ignoring the result of a chunk no longer in flight", "chunk", res.id)
+		return
+	}
+	if r.abandoned {
+		b.run = nil
 		return
 	}
 	if res.err != nil {
 		b.p.log.Warn("backfill chunk failed; retrying", "table", r.table, "err", res.err)
-		b.inflight = nil
-		b.next = time.Now().Add(5 * time.Second)
+		b.run = nil
+		b.wakeAt(time.Now().Add(5 * time.Second))
 		return
 	}
 	r.result = &res
 }
 
-// publishChunk runs at the high watermark: the chunk's rows that the stream
-// did not change inside the window become "read" events.
+// wakeAt delays the next chunk until t and makes the committer wake then,
+// whether or not the stream brings anything.
+func (b *backfiller) wakeAt(t time.Time) {
+	b.next = t
+	b.timer.Reset(time.Until(t))
+}
+
+// wake fires when the next chunk may start.
+func (b *backfiller) wake() <-chan time.Time { return b.timer.C }
+
+// publishChunk runs at the chunk's high watermark: rows that no
+// transaction invisible in the chunk's snapshot changed become "read"
+// events (point 3 of the argument).
 func (b *backfiller) publishChunk(ctx context.Context, r *chunkRun) error {
-	if r.result == nil {
-		// The high watermark is committed before the reader hands over its
-		// rows, so they are at most a moment away.
-		select {
-		case res := <-b.results:
-			b.onResult(res)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if b.inflight != r || r.result == nil {
-			return nil
-		}
-	}
 	res := r.result
-	b.inflight = nil
-	changed := map[string]bool{}
-	for _, c := range r.window {
-		for _, k := range replication.KeyOfChange(c, res.pk) {
-			changed[strings.Join(k, "\x00")] = true
-		}
+	b.run = nil
+	l := b.logs[r.table]
+	if l == nil {
+		return nil // no longer running (it cannot be: abandon runs first)
 	}
+	drop, undecided := l.decide(res.snap)
+	for _, other := range b.logs {
+		other.prune(res.snap)
+	}
+	if len(undecided) > 0 {
+		// Transactions of unknown keys, delivered already, are not visible
+		// in the chunk's snapshot: read the chunk again once they are.
+		b.p.log.Debug("backfill chunk read again: transactions of unknown keys not yet visible", "table", r.table, "xids", fmt.Sprint(undecided))
+		return nil
+	}
+	l.needBase = false
 	cur := b.p.cur
 	published := 0
 	for i, row := range res.rows {
-		if changed[strings.Join(res.keys[i], "\x00")] {
-			continue // the stream already carried a newer state of this row
+		if drop[joinKey(res.keys[i])] {
+			continue // the stream carried a newer state of this row
 		}
 		c := &replication.Change{
 			Op: replication.OpRead, Relation: res.rel, New: row,
@@ -399,14 +565,15 @@ func (b *backfiller) publishChunk(ctx context.Context, r *chunkRun) error {
 	if n := len(res.keys); n > 0 {
 		st.Cursor = res.keys[n-1]
 	}
-	if len(res.rows) < st.ChunkSize {
+	if len(res.rows) < r.limit {
 		st.Status, st.Finished = BackfillDone, time.Now().UTC()
 		st.Total = st.Done
+		b.setLog(r.table, nil)
 		b.p.log.Info("backfill finished", "table", r.table, "id", st.ID, "rows", st.Done)
 	}
 	b.setState(r.table, st)
-	if st.MaxRate > 0 {
-		b.next = r.started.Add(time.Duration(float64(len(res.rows)) / st.MaxRate * float64(time.Second)))
+	if st.MaxRate > 0 && st.Status == BackfillRunning {
+		b.wakeAt(r.scheduled.Add(time.Duration(float64(len(res.rows)) / st.MaxRate * float64(time.Second))))
 	}
 	b.p.log.Debug("backfill chunk", "table", r.table, "rows", len(res.rows), "published", published, "dropped", len(res.rows)-published)
 	return nil

@@ -79,7 +79,7 @@ func newPipeline(s *session, stream *replication.Stream, w *sink.Writer) *pipeli
 }
 
 func (p *pipeline) run(ctx context.Context) error {
-	p.bf = newBackfiller(p)
+	p.bf = newBackfiller(ctx, p, newPGChunks(p.s.cfg.Postgres.DSN, watermarkPrefix(p.s.cfg), p.log, p.s.obs))
 	defer p.bf.close()
 	rctx, stopReader := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -188,6 +188,9 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 		case res := <-p.bf.pendingResults():
 			p.arrived = time.Now()
 			p.bf.onResult(res)
+		case <-p.bf.wake():
+			// The rate limit (or a retry's delay) lets the next chunk start:
+			// maybeStart below, whether or not the stream has anything.
 		case <-linger.C:
 			lingerExpired = true
 		case <-idle.C:
@@ -224,7 +227,7 @@ func (p *pipeline) commitLoop(ctx context.Context) error {
 				return err
 			}
 		}
-		p.bf.maybeStart(ctx)
+		p.bf.maybeStart()
 	}
 }
 
@@ -246,10 +249,12 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 			p.skipBelow = d.TxNext
 		}
 	case *replication.Change:
+		// Before the skip: a change published by an earlier session counts
+		// for the backfill like one published now.
+		p.bf.onChange(m)
 		if p.skipAll || m.Pos.Index < p.skipBelow {
 			return nil
 		}
-		p.bf.onChange(m)
 		if err := p.publish(ctx, m); err != nil {
 			return err
 		}
