@@ -26,12 +26,13 @@ type fakeChunks struct {
 
 	entered    chan chunkRequest
 	release    chan struct{}
-	watermarks chan string // high watermarks "written into the WAL"
+	stop       chan struct{} // closed at the end of a test: every read returns
+	watermarks chan string   // high watermarks "written into the WAL"
 }
 
 func newFakeChunks(honourCancel bool) *fakeChunks {
 	return &fakeChunks{honourCancel: honourCancel, entered: make(chan chunkRequest, 16),
-		release: make(chan struct{}), watermarks: make(chan string, 16)}
+		release: make(chan struct{}), stop: make(chan struct{}), watermarks: make(chan string, 16)}
 }
 
 func (f *fakeChunks) read(ctx context.Context, req chunkRequest) chunkResult {
@@ -44,7 +45,10 @@ func (f *fakeChunks) read(ctx context.Context, req chunkRequest) chunkResult {
 		f.active--
 		f.mu.Unlock()
 	}()
-	f.entered <- req
+	select {
+	case f.entered <- req:
+	case <-f.stop:
+	}
 	done := ctx.Done()
 	if !f.honourCancel {
 		done = nil
@@ -53,8 +57,13 @@ func (f *fakeChunks) read(ctx context.Context, req chunkRequest) chunkResult {
 	case <-f.release:
 	case <-done:
 		return chunkResult{id: req.id, err: ctx.Err()}
+	case <-f.stop:
+		return chunkResult{id: req.id, err: context.Canceled}
 	}
-	f.watermarks <- req.id
+	select {
+	case f.watermarks <- req.id:
+	case <-f.stop:
+	}
 	return chunkResult{id: req.id, snap: replication.Snapshot{Xmin: 10, Xmax: 10}}
 }
 
@@ -81,7 +90,25 @@ func newTestBackfiller(t *testing.T, src chunkSource) *backfiller {
 	p := &pipeline{s: s, log: log, mapper: mapper}
 	b := newBackfiller(context.Background(), p, src)
 	p.bf = b
-	t.Cleanup(b.close)
+	t.Cleanup(func() {
+		// Whatever a failed test left blocked: end the reads, take the
+		// results, then close.
+		if f, ok := src.(*fakeChunks); ok {
+			close(f.stop)
+		}
+		done := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-b.results:
+				case <-done:
+					return
+				}
+			}
+		}()
+		b.close()
+		close(done)
+	})
 	return b
 }
 
