@@ -28,6 +28,8 @@ type Metrics struct {
 	reconnects      prometheus.Counter
 	backfillDone    *prometheus.GaugeVec
 	backfillTotal   *prometheus.GaugeVec
+	backfillHeld    *prometheus.CounterVec
+	backfillHeldSec *prometheus.CounterVec
 
 	slotExists     prometheus.Gauge
 	slotActive     prometheus.Gauge
@@ -90,6 +92,10 @@ func New(opts Options) *Metrics {
 		"Rows of a running backfill published so far, by table.", "table")
 	m.backfillTotal = f.gaugeVec("cdcrelay_backfill_rows_estimated",
 		"Estimated rows of a running backfill, by table.", "table")
+	m.backfillHeld = f.counterVec("cdcrelay_backfill_held_back_total",
+		"Backfill chunks that waited, before being read, for transactions committed but not yet visible (a commit waiting for a synchronous standby), by table.", "table")
+	m.backfillHeldSec = f.counterVec("cdcrelay_backfill_held_back_seconds_total",
+		"Time backfill chunks waited for transactions committed but not yet visible, by table.", "table")
 
 	m.slotExists = f.gauge("cdcrelay_slot_exists", "1 when the replication slot exists.")
 	m.slotActive = f.gauge("cdcrelay_slot_active", "1 when a walsender streams from the replication slot (this relay or another).")
@@ -185,6 +191,12 @@ func (m *Metrics) Position(serverWALEnd, durable replication.LSN) {
 	defer m.mu.Unlock()
 	m.walEnd = max(m.walEnd, serverWALEnd)
 	m.durable = max(m.durable, durable)
+}
+
+// BackfillHeldBack counts a backfill chunk that waited for commits in flight.
+func (m *Metrics) BackfillHeldBack(table string, waited time.Duration) {
+	m.backfillHeld.WithLabelValues(table).Inc()
+	m.backfillHeldSec.WithLabelValues(table).Add(waited.Seconds())
 }
 
 // BackfillProgress implements [relay.Observer].
