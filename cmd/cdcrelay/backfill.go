@@ -7,7 +7,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/cdcrelay/cdcrelay/internal/config"
@@ -37,8 +36,10 @@ chunks between watermarks written into the WAL, so that no backfilled row
 overwrites a newer change; no lock is taken, and each chunk is a short query.
 The backfill is resumable: its cursor is part of the Kafka checkpoint.
 
-backfill waits and shows its progress (rows, rate, ETA) unless --detach;
---status shows the running backfills, --cancel stops the one of TABLE.`,
+backfill waits and shows its progress (rows, rate over the last 10 seconds,
+ETA) unless --detach: a bar on a terminal, a plain line every 5 seconds in a
+log or pipe. --status shows the recorded backfills (--output json: one
+object per table, documented in README.md), --cancel stops the one of TABLE.`,
 		Example: `  cdcrelay backfill public.orders
   cdcrelay backfill public.orders --where "created_at > now() - interval '30 days'" --max-rate 5000
   cdcrelay backfill public.orders --detach
@@ -102,7 +103,7 @@ backfill waits and shows its progress (rows, rate, ETA) unless --detach;
 	fl := cmd.Flags()
 	fl.StringVar(&f.where, "where", "", "SQL condition selecting the rows to backfill (default: all rows)")
 	fl.IntVar(&f.chunkSize, "chunk-size", relay.DefaultChunkSize, "rows per chunk (one short query each)")
-	fl.Float64Var(&f.maxRate, "max-rate", 0, "at most this many rows per second (0: no limit)")
+	fl.Float64Var(&f.maxRate, "max-rate", 0, "read this many rows per second at most (0: no limit); chunks then hold at most a tenth of a second's rows")
 	fl.BoolVar(&f.status, "status", false, "show the progress of running backfills")
 	fl.BoolVar(&f.cancel, "cancel", false, "cancel the backfill of TABLE")
 	fl.BoolVar(&f.detach, "detach", false, "request the backfill and return at once")
@@ -127,20 +128,13 @@ func backfillStates(ctx context.Context, cfg *config.Config) (map[string]relay.B
 	return relay.BackfillStates(cp)
 }
 
-// backfillStatus prints the backfills recorded in the Kafka checkpoint.
+// backfillStatus prints the backfills recorded in the Kafka checkpoint
+// (those of table only, if given). The JSON form is relay.BackfillStatus
+// per table, documented in README.md.
 func (a *app) backfillStatus(ctx context.Context, cfg *config.Config, only, output string) error {
 	states, err := backfillStates(ctx, cfg)
 	if err != nil {
 		return err
-	}
-	if output == "json" {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(states)
-	}
-	if len(states) == 0 {
-		fmt.Fprintln(a.stdout, "no backfill recorded in the checkpoint")
-		return nil
 	}
 	tables := make([]string, 0, len(states))
 	for t := range states {
@@ -149,6 +143,19 @@ func (a *app) backfillStatus(ctx context.Context, cfg *config.Config, only, outp
 		}
 	}
 	sort.Strings(tables)
+	if output == "json" {
+		out := make(map[string]relay.BackfillStatus, len(tables))
+		for _, t := range tables {
+			out[t] = states[t].Public()
+		}
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	if len(tables) == 0 {
+		fmt.Fprintln(a.stdout, "no backfill recorded in the checkpoint")
+		return nil
+	}
 	for _, t := range tables {
 		st := states[t]
 		line := fmt.Sprintf("%-30s %-9s %d/%d rows", t, st.Status, st.Done, st.Total)
@@ -163,51 +170,49 @@ func (a *app) backfillStatus(ctx context.Context, cfg *config.Config, only, outp
 	return nil
 }
 
-// followBackfill shows a progress bar until the backfill ends. Leaving it
-// (Ctrl-C) does not stop the backfill: the relay performs it.
+// followBackfill shows the progress until the backfill ends: a bar when
+// stderr is a terminal, a plain line every few seconds otherwise. Leaving
+// it (Ctrl-C) does not stop the backfill: the relay performs it.
 func (a *app) followBackfill(ctx context.Context, cfg *config.Config, table, id string) error {
-	bar := progressbar.NewOptions64(-1,
-		progressbar.OptionSetWriter(a.stderr),
-		progressbar.OptionSetDescription(table),
-		progressbar.OptionShowCount(),
-		progressbar.OptionShowIts(),
-		progressbar.OptionSetItsString("rows"),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond),
-	)
-	defer bar.Close()
+	return a.follow(ctx, table, id, isTerminal(a.stderr), time.Second, func(ctx context.Context) (map[string]relay.BackfillState, error) {
+		return backfillStates(ctx, cfg)
+	})
+}
+
+func (a *app) follow(ctx context.Context, table, id string, tty bool, poll time.Duration, states func(context.Context) (map[string]relay.BackfillState, error)) error {
+	p := newProgress(a.stderr, table, tty)
+	defer p.close()
 	asked := time.Now()
 	hinted := false
 	for {
 		select {
 		case <-ctx.Done():
-			fmt.Fprintf(a.stderr, "\nstopped following; the relay continues the backfill (cdcrelay backfill --status)\n")
+			p.close()
+			fmt.Fprintf(a.stderr, "stopped following; the relay continues the backfill (cdcrelay backfill --status)\n")
 			return nil
-		case <-time.After(time.Second):
+		case <-time.After(poll):
 		}
-		states, err := backfillStates(ctx, cfg)
+		all, err := states(ctx)
 		if err != nil {
 			return err
 		}
-		st, ok := states[table]
+		st, ok := all[table]
 		if !ok || st.ID != id {
 			if !hinted && time.Since(asked) > 15*time.Second {
-				fmt.Fprintf(a.stderr, "\nwaiting for the relay to pick up the request: is `cdcrelay run` running?\n")
+				fmt.Fprintf(a.stderr, "waiting for the relay to pick up the request: is `cdcrelay run` running?\n")
 				hinted = true
 			}
 			continue
 		}
-		if st.Total > 0 {
-			bar.ChangeMax64(st.Total)
-		}
-		_ = bar.Set64(st.Done)
+		p.update(st, time.Now())
 		switch st.Status {
 		case relay.BackfillDone:
-			_ = bar.Finish()
-			fmt.Fprintf(a.stdout, "\nbackfill of %s done: %d rows\n", table, st.Done)
+			p.close()
+			fmt.Fprintf(a.stdout, "backfill of %s done: %d rows%s\n", table, st.Done, averageRate(st))
 			return nil
 		case relay.BackfillCancelled:
-			fmt.Fprintf(a.stdout, "\nbackfill of %s cancelled after %d rows\n", table, st.Done)
+			p.close()
+			fmt.Fprintf(a.stdout, "backfill of %s cancelled after %d rows\n", table, st.Done)
 			return nil
 		case relay.BackfillFailed:
 			return fmt.Errorf("backfill of %s failed: %s", table, st.Error)

@@ -117,6 +117,31 @@ type BackfillState struct {
 	Finished  time.Time `json:"finished,omitzero"`
 }
 
+// BackfillStatus is one backfill as `cdcrelay backfill --status --output
+// json` prints it: an object keyed by table ("schema.table") whose values are
+// these. It is an interface (scripts poll it): fields are only ever added,
+// never renamed, removed or changed in meaning. README.md documents it.
+type BackfillStatus struct {
+	ID        string    `json:"id"`
+	Where     string    `json:"where,omitempty"`
+	ChunkSize int       `json:"chunk_size"`
+	MaxRate   float64   `json:"max_rate,omitempty"`
+	Cursor    []string  `json:"cursor,omitempty"`
+	Done      int64     `json:"done"`
+	Total     int64     `json:"total"`
+	Status    string    `json:"status"`
+	Error     string    `json:"error,omitempty"`
+	Started   time.Time `json:"started"`
+	Finished  time.Time `json:"finished,omitzero"`
+}
+
+// Public is the state as the status JSON shows it.
+func (st BackfillState) Public() BackfillStatus {
+	return BackfillStatus{ID: st.ID, Where: st.Where, ChunkSize: st.ChunkSize, MaxRate: st.MaxRate,
+		Cursor: st.Cursor, Done: st.Done, Total: st.Total, Status: st.Status, Error: st.Error,
+		Started: st.Started, Finished: st.Finished}
+}
+
 // Backfill statuses.
 const (
 	BackfillRunning   = "running"
@@ -466,9 +491,13 @@ func (b *backfiller) maybeStart() {
 			continue
 		}
 		limit := chunkLimit(st)
+		// The rate holds on average from the first chunk on: a chunk that
+		// starts late (the first one opens its connection, a commit was
+		// slow) is made up for by the next ones, but never more than a
+		// second of them, so a pause does not end in a burst.
 		scheduled := b.next
-		if st.MaxRate <= 0 || now.Sub(scheduled) > time.Duration(float64(limit)/st.MaxRate*float64(time.Second)) {
-			scheduled = now // no catching up after a pause longer than a chunk
+		if st.MaxRate <= 0 || now.Sub(scheduled) > time.Second {
+			scheduled = now
 		}
 		ctx, cancel := context.WithCancel(b.ctx)
 		run := &chunkRun{id: st.ID + "-" + newID(), table: table, state: st, limit: limit, scheduled: scheduled, cancel: cancel}
