@@ -32,8 +32,10 @@ func (a *app) backfillCmd() *cobra.Command {
 		Short: "Publish the rows a mapped table already holds",
 		Long: `backfill asks the running relay to publish the existing rows of a mapped table,
 as "read" events, while it keeps streaming. The table is read in primary-key
-chunks between watermarks written into the WAL, so that no backfilled row
-overwrites a newer change; no lock is taken, and each chunk is a short query.
+chunks, each in a short read-only transaction (no lock); a watermark written
+into the WAL after each chunk places it in the stream, and the chunk's
+snapshot says which of its rows the stream has already carried a newer state
+of: those are not published, so no backfilled row overwrites a newer change.
 The backfill is resumable: its cursor is part of the Kafka checkpoint.
 
 backfill waits and shows its progress (rows, rate over the last 10 seconds,
