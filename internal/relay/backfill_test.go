@@ -172,7 +172,7 @@ envelope = "json"
 				if _, err := conn.Exec(writerCtx, sql, args...); err == nil {
 					writes.Add(1)
 				}
-				time.Sleep(time.Millisecond)
+				time.Sleep(2 * time.Millisecond)
 			}
 		}()
 	}
