@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 )
 
 // EnvPostgresBuilds names the directory that holds the unpacked server builds
@@ -259,4 +260,16 @@ func postgresVersionNum(ctx context.Context, p *Postgres) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(v)
+}
+
+// NewPostgresVersion is [NewPostgres] with the server of the given major
+// version from the test matrix (a pinned build, or the machine's server).
+func NewPostgresVersion(t testing.TB, major int, opts PostgresOptions) *Postgres {
+	t.Helper()
+	b, err := PostgresBuildFor(major)
+	if err != nil {
+		unavailable(t, "%v", err)
+	}
+	opts.BinDir = b.BinDir
+	return NewPostgres(t, opts)
 }
