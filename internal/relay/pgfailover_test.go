@@ -290,6 +290,28 @@ func TestPrimaryFailoverExactlyOnce(t *testing.T) {
 			FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&ok)
 		return err == nil && ok
 	})
+	// check and status see the standby (the DSN's second host) ready.
+	out = e.cli(t, 0, "check")
+	for _, want := range []string{"is a failover slot", "synchronized_standby_slots = standby1", "sync_replication_slots = on on " + e.standby.Addr(),
+		"hot_standby_feedback = on", "primary_slot_name = standby1", "primary_conninfo names dbname=shop", "keeps a synchronized copy of slot " + slot} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check: no %q in\n%s", want, out)
+		}
+	}
+	var st struct {
+		Failover struct {
+			SlotFailover bool `json:"slot_failover"`
+			Standbys     []struct {
+				Slot struct{ Synced bool } `json:"slot"`
+			} `json:"standbys"`
+		} `json:"failover"`
+		Warnings []string `json:"warnings"`
+	}
+	out = e.cli(t, 0, "status", "--output", "json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil || !st.Failover.SlotFailover || len(st.Failover.Standbys) != 1 ||
+		!st.Failover.Standbys[0].Slot.Synced || len(st.Warnings) > 0 {
+		t.Errorf("status --output json (%v):\n%s", err, out)
+	}
 	waitFor(t, time.Minute, "events published from the first primary", func() bool { return e.published() > 300 })
 	slotLSN := func(pg *testenv.Postgres) string {
 		var lsn string
@@ -371,6 +393,9 @@ func TestPrimaryFailoverWithoutFailoverSlot(t *testing.T) {
 	defer cancel()
 	e := startHAEnv(t, ctx, 16, false)
 	e.cli(t, 0, "setup")
+	if out := e.cli(t, 0, "check"); !strings.Contains(out, "has no failover slots") {
+		t.Errorf("check on PostgreSQL 16 with a standby does not warn that a failover loses the slot:\n%s", out)
+	}
 	relay := e.startRelay(t)
 	hw := startHAWriter(ctx, t, e.dsn)
 	waitFor(t, time.Minute, "events published", func() bool { return e.published() > 200 })
