@@ -28,6 +28,7 @@ import (
 // aggregate, and one backfilled event per existing row. (The golden value
 // encodings run on every version too: TestE2EGoldenTypes in package mapping.)
 func TestServerMatrix(t *testing.T) {
+	t.Parallel() // shared servers, its own databases and topics
 	servers := testenv.PostgresMatrix(t)
 	brokers := testenv.KafkaBrokers(t)
 	bin, err := e2e.Binary()

@@ -266,6 +266,7 @@ func first(s []string) []string { return s[:min(len(s), 10)] }
 // in order per aggregate, as many per aggregate as the writer saw
 // committed, and nothing else.
 func TestPrimaryFailoverExactlyOnce(t *testing.T) {
+	t.Parallel() // private servers, its own topics: overlaps the other matrix tests
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	e := startHAEnv(t, ctx, 17, true)
@@ -389,6 +390,7 @@ func TestPrimaryFailoverExactlyOnce(t *testing.T) {
 // the new primary: it must stop with exit status 3 and a message that says
 // so and names the way out, create no slot, and publish nothing twice.
 func TestPrimaryFailoverWithoutFailoverSlot(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	e := startHAEnv(t, ctx, 16, false)
