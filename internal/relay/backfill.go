@@ -280,9 +280,9 @@ func newBackfiller(ctx context.Context, p *pipeline, src chunkSource) *backfille
 		logs:      map[string]*changeLog{},
 	}
 	b.timer.Stop()
-	// A running backfill's log begins with the session; its base are the
-	// transactions committed before, of which the session knows none: the
-	// first chunk waits for those found committed but not yet visible.
+	// A running backfill's log begins with the session. Of the transactions
+	// committed before, the session knows none: the first chunk waits for
+	// the commits waiting for a synchronous standby (point 5).
 	for table, st := range b.states() {
 		if st.Status == BackfillRunning {
 			b.logs[table] = newChangeLog(nil)
@@ -315,12 +315,6 @@ func (b *backfiller) states() map[string]BackfillState {
 // a commit. The map is copied, never changed in place: the durable
 // checkpoint shares it.
 func (b *backfiller) setState(table string, st BackfillState) {
-	b.putState(table, st)
-	b.p.mustCheckpoint = true
-	b.p.s.obs.BackfillProgress(table, st.Done, st.Total)
-}
-
-func (b *backfiller) putState(table string, st BackfillState) {
 	raw, _ := json.Marshal(st)
 	m := maps.Clone(b.p.pending.Backfills)
 	if m == nil {
@@ -328,6 +322,8 @@ func (b *backfiller) putState(table string, st BackfillState) {
 	}
 	m[table] = raw
 	b.p.pending.Backfills = m
+	b.p.mustCheckpoint = true
+	b.p.s.obs.BackfillProgress(table, st.Done, st.Total)
 }
 
 // setLog changes which tables are logged; the per-relation cache follows.
