@@ -83,6 +83,8 @@ type options struct {
 	relayName string
 	database  string
 	warn      func(*RowError)
+	// traceInvalid hears of trace contexts left out as invalid.
+	traceInvalid func(*RowError)
 }
 
 // WithRelayName names the relay; the default dead-letter topic is
@@ -97,6 +99,14 @@ func WithDatabase(name string) Option { return func(o *options) { o.database = n
 // operator should hear about: an updated outbox or changelog row with
 // on_update = "warn". The daemon logs them (and counts them).
 func WithWarnFunc(f func(*RowError)) Option { return func(o *options) { o.warn = f } }
+
+// WithTraceContextFunc receives the rows whose trace context (traceparent,
+// tracestate or Debezium's span context column) is invalid: their events
+// are published without it. The daemon counts them. It is called from Map,
+// so it must be cheap and safe for concurrent use.
+func WithTraceContextFunc(f func(*RowError)) Option {
+	return func(o *options) { o.traceInvalid = f }
+}
 
 type rule struct {
 	spec     Spec
@@ -364,6 +374,7 @@ func (r *rule) checkRelation(rel *replication.Relation, idx map[string]int) []re
 	}
 	tmpl("cloudevents.source", r.ceSource)
 	tmpl("cloudevents.type", r.ceType)
+	r.checkTraceRelation(need)
 	s := &r.spec
 	switch s.Kind {
 	case KindOutbox:
