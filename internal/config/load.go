@@ -181,6 +181,8 @@ func applyDefaults(c *Config, ix *index) {
 	if !ix.has("batch.read_ahead_bytes") {
 		b.ReadAheadBytes = DefaultReadAheadBytes
 	}
+
+	boolean(&c.Tracing.Enabled, ix.hasSection("tracing"))
 }
 
 var (
