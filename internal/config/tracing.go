@@ -30,7 +30,7 @@ type Tracing struct {
 	// Timeout bounds one export. Default 10s (or OTEL_EXPORTER_OTLP_TIMEOUT).
 	Timeout Duration `toml:"timeout"`
 	// QueueSize is how many ended spans may wait for export before spans
-	// are dropped (and counted). Default 8192.
+	// are dropped (and counted). Default 65536.
 	QueueSize int `toml:"queue_size"`
 }
 

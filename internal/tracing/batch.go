@@ -2,10 +2,14 @@ package tracing
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"math/rand/v2"
 	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cdcrelay/cdcrelay/mapping"
@@ -13,39 +17,166 @@ import (
 	"github.com/cdcrelay/cdcrelay/sink"
 )
 
-// Batch holds the spans of the Kafka transaction a session has open. It
-// belongs to the session's committer goroutine (not safe for concurrent
-// use); the spans it ends go to the Tracer's export queue.
+// Batch holds the spans-to-be of the Kafka transaction a session has open.
+// It belongs to the session's committer goroutine (not safe for concurrent
+// use).
+//
+// The committer's share is kept small, because it is the relay's hot path:
+// Start only chooses the span's ids (and, for a trace the relay starts, the
+// sampling decision, which the traceparent header must carry) and notes
+// what the span will say. The SDK's spans are made, ended and exported on
+// the Tracer's goroutines, after the Kafka commit, from those notes; the
+// span ids the header named are handed to the SDK by its IDGenerator.
 type Batch struct {
-	t *Tracer
+	t   *Tracer
+	rnd *rand.Rand
 
-	pending    eventSpan // the span of the event being sent
+	pending    pendingSpan
 	hasPending bool
-	spans      []eventSpan // the events in the open transaction, in Send order
+	sent       int           // events sent in the open transaction
+	spans      []pendingSpan // the sampled events sent, in Send order
 
-	names   map[string]string // topic -> "send <topic>"
 	lastRel *replication.Relation
 	relName string
-	lastLSN replication.LSN
-	lsnText string
 }
 
-// eventSpan is what a span needs once the transaction committed; nothing
-// of the event's value is kept.
-type eventSpan struct {
-	span  trace.Span
-	topic string
-	key   []byte
-	id    string
-	corr  string
-	table string
-	lsn   replication.LSN
-	tomb  bool
+// pendingSpan is what a span will need once the transaction committed;
+// nothing of the event's value is kept.
+type pendingSpan struct {
+	sc     trace.SpanContext // the span's own ids and flags
+	parent trace.SpanContext // the row's context; invalid for a trace the relay starts
+	start  time.Time
+	sent   int // index among the transaction's sent events (for its delivery)
+	topic  string
+	key    []byte
+	id     string
+	corr   string
+	table  string
+	lsn    replication.LSN
+	tomb   bool
 }
 
 // NewBatch returns the per-session span state.
 func (t *Tracer) NewBatch() *Batch {
-	return &Batch{t: t, names: map[string]string{}}
+	var seed [32]byte
+	_, _ = crand.Read(seed[:])
+	return &Batch{t: t, rnd: rand.New(rand.NewChaCha8(seed))}
+}
+
+func (b *Batch) newSpanID() trace.SpanID {
+	var id trace.SpanID
+	for id == (trace.SpanID{}) {
+		binary.BigEndian.PutUint64(id[:], b.rnd.Uint64())
+	}
+	return id
+}
+
+func (b *Batch) newTraceID() trace.TraceID {
+	var id trace.TraceID
+	for id == (trace.TraceID{}) {
+		binary.BigEndian.PutUint64(id[:8], b.rnd.Uint64())
+		binary.BigEndian.PutUint64(id[8:], b.rnd.Uint64())
+	}
+	return id
+}
+
+// Start notes the span of ev, an event of change c about to be sent (a
+// dead letter or a tombstone too). A row without a trace context starts a
+// new trace, sampled by the ratio, and ev gets its traceparent header. The
+// span counts only once [Batch.Sent] confirms the event went into the
+// transaction; a second Start before that replaces it (an oversized event
+// replaced by its dead letter).
+func (b *Batch) Start(ev *mapping.Event, c *replication.Change) {
+	b.hasPending = false
+	var p pendingSpan
+	if ev.Trace.Valid() {
+		p.parent = trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: ev.Trace.TraceID, SpanID: ev.Trace.SpanID, TraceFlags: trace.TraceFlags(ev.Trace.Flags), Remote: true,
+		})
+		if !p.parent.IsSampled() {
+			return // not sampled upstream: not recorded here either
+		}
+		p.sc = trace.NewSpanContext(trace.SpanContextConfig{TraceID: ev.Trace.TraceID, SpanID: b.newSpanID(), TraceFlags: trace.FlagsSampled})
+		if ev.Trace.State != "" {
+			if ts, err := trace.ParseTraceState(ev.Trace.State); err == nil {
+				p.parent = p.parent.WithTraceState(ts)
+			}
+		}
+	} else {
+		tid, sid := b.newTraceID(), b.newSpanID()
+		var flags trace.TraceFlags
+		if b.t.rootSampler.ShouldSample(sdktrace.SamplingParameters{ParentContext: context.Background(), TraceID: tid}).Decision == sdktrace.RecordAndSample {
+			flags = trace.FlagsSampled
+		}
+		// The relay's own trace: consumers continue from this span, sampled
+		// or not.
+		ev.Headers = append(ev.Headers, mapping.Header{Key: mapping.HeaderTraceparent,
+			Value: mapping.FormatTraceparent(tid, sid, byte(flags))})
+		if !flags.IsSampled() {
+			return
+		}
+		p.sc = trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: flags})
+	}
+	p.start = time.Now()
+	if c != nil && !c.CommitTime.IsZero() && c.CommitTime.Before(p.start) {
+		// The span starts when the source transaction committed, by the
+		// database's clock; one ahead of ours would make the span end
+		// before it starts.
+		p.start = c.CommitTime
+	}
+	p.sent, p.topic, p.key, p.id, p.corr, p.tomb = b.sent, ev.Topic, ev.Key, ev.ID, ev.CorrelationID, ev.Value == nil
+	if c != nil {
+		p.lsn = c.Pos.CommitLSN
+		if c.Relation != nil {
+			if c.Relation != b.lastRel {
+				b.lastRel, b.relName = c.Relation, c.Relation.QualifiedName()
+			}
+			p.table = b.relName
+		}
+	}
+	b.pending, b.hasPending = p, true
+}
+
+// Sent confirms that the event of the last Start is in the transaction.
+func (b *Batch) Sent() {
+	if b.hasPending {
+		b.spans = append(b.spans, b.pending)
+		b.pending, b.hasPending = pendingSpan{}, false
+	}
+	b.sent++
+}
+
+// Committed hands the transaction's spans to the Tracer: the Kafka commit,
+// from started to committed, made the events visible. deliveries are the
+// transaction's ([sink.Txn.Deliveries]: partitions and offsets in Send
+// order), seq and lsn the checkpoint it carried. It never blocks: when the
+// Tracer is behind by more than its queue, the spans are dropped (counted).
+func (b *Batch) Committed(deliveries []sink.Delivery, seq int64, lsn replication.LSN, started, committed time.Time) {
+	events := b.sent
+	b.pending, b.hasPending, b.sent = pendingSpan{}, false, 0
+	if events == 0 {
+		return // a checkpoint alone: no events, no spans
+	}
+	b.t.submit(&committedTxn{spans: b.spans, events: events, deliveries: deliveries, seq: seq, lsn: lsn, started: started, committed: committed})
+	b.spans = make([]pendingSpan, 0, cap(b.spans)) // those are the Tracer's now; the next transaction is likely as large
+}
+
+// Discard forgets the transaction's spans: it failed or was abandoned, its
+// events were never visible, and no span of it is made.
+func (b *Batch) Discard() {
+	b.pending, b.hasPending, b.sent = pendingSpan{}, false, 0
+	clear(b.spans)
+	b.spans = b.spans[:0]
+}
+
+// committedTxn is one committed Kafka transaction's spans-to-be.
+type committedTxn struct {
+	spans              []pendingSpan
+	events             int
+	deliveries         []sink.Delivery
+	seq                int64
+	lsn                replication.LSN
+	started, committed time.Time
 }
 
 // Attribute keys of the messaging and database conventions, and our own.
@@ -79,137 +210,112 @@ var (
 	postgresql = attrDBSystem.String("postgresql")
 )
 
-// Start begins the span of ev, an event of change c about to be sent (a
-// dead letter or a tombstone too). A row without a trace context starts a
-// new trace, and ev gets its traceparent header. The span counts only once
-// [Batch.Sent] confirms the event went into the transaction; a second Start
-// before that replaces it (an oversized event replaced by its dead letter).
-func (b *Batch) Start(ev *mapping.Event, c *replication.Change) {
-	now := time.Now()
-	start := now
-	if c != nil && !c.CommitTime.IsZero() && c.CommitTime.Before(now) {
-		// The span starts when the source transaction committed, by the
-		// database's clock; one ahead of ours would make the span end
-		// before it starts.
-		start = c.CommitTime
-	}
-	ctx := context.Background()
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithTimestamp(start)}
-	if ev.Trace.Valid() {
-		sc := trace.NewSpanContext(trace.SpanContextConfig{
-			TraceID: ev.Trace.TraceID, SpanID: ev.Trace.SpanID, TraceFlags: trace.TraceFlags(ev.Trace.Flags), Remote: true,
-		})
-		if ev.Trace.State != "" {
-			if ts, err := trace.ParseTraceState(ev.Trace.State); err == nil {
-				sc = sc.WithTraceState(ts)
-			}
-		}
-		// A child of the row's context, so the relay's work shows in the
-		// service's trace, and a link to it, the message's creation
-		// context as the messaging conventions have "send" spans do.
-		ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
-	}
-	name, ok := b.names[ev.Topic]
-	if !ok {
-		name = "send " + ev.Topic
-		b.names[ev.Topic] = name
-	}
-	_, span := b.t.tracer.Start(ctx, name, opts...)
-	if !ev.Trace.Valid() {
-		// The relay's own trace: consumers continue from this span.
-		sc := span.SpanContext()
-		ev.Headers = append(ev.Headers, mapping.Header{Key: mapping.HeaderTraceparent,
-			Value: mapping.FormatTraceparent(sc.TraceID(), sc.SpanID(), byte(sc.TraceFlags()))})
-	}
-	b.pending = eventSpan{span: span, topic: ev.Topic, key: ev.Key, id: ev.ID, corr: ev.CorrelationID, tomb: ev.Value == nil}
-	if c != nil {
-		b.pending.lsn = c.Pos.CommitLSN
-		if c.Relation != nil {
-			if c.Relation != b.lastRel {
-				b.lastRel, b.relName = c.Relation, c.Relation.QualifiedName()
-			}
-			b.pending.table = b.relName
-		}
-	}
-	b.hasPending = true
+// spanMaker makes the SDK's spans of committed transactions; it runs on
+// the Tracer's span goroutine only.
+type spanMaker struct {
+	tracer  trace.Tracer
+	names   map[string]string // topic -> "send <topic>"
+	attrs   []attribute.KeyValue
+	lastLSN replication.LSN
+	lsnText string
 }
 
-// Sent confirms that the event of the last Start is in the transaction.
-func (b *Batch) Sent() {
-	if b.hasPending {
-		b.spans = append(b.spans, b.pending)
-		b.pending, b.hasPending = eventSpan{}, false
-	}
-}
-
-// Committed ends the transaction's spans: the Kafka commit, from started
-// to committed, made the events visible. deliveries are the transaction's
-// ([sink.Txn.Deliveries]: partitions and offsets in Send order), seq and
-// lsn the checkpoint it carried.
-func (b *Batch) Committed(deliveries []sink.Delivery, seq int64, lsn replication.LSN, started, committed time.Time) {
-	b.pending, b.hasPending = eventSpan{}, false
-	if len(b.spans) == 0 {
-		return // a checkpoint alone: no events, no spans
-	}
-	end := trace.WithTimestamp(committed)
-	var attrs []attribute.KeyValue
-	for i := range b.spans {
-		s := &b.spans[i]
-		if !s.span.IsRecording() {
-			continue
+func (m *spanMaker) make(txn *committedTxn) {
+	end := trace.WithTimestamp(txn.committed)
+	for i := range txn.spans {
+		s := &txn.spans[i]
+		name, ok := m.names[s.topic]
+		if !ok {
+			name = "send " + s.topic
+			m.names[s.topic] = name
 		}
+		ctx := withSpanContext(context.Background(), s.sc)
+		opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithTimestamp(s.start)}
+		if s.parent.IsValid() {
+			// A child of the row's context, so the relay's work shows in
+			// the service's trace, and a link to it: the message's creation
+			// context, which the messaging conventions have "send" spans
+			// link to.
+			ctx = trace.ContextWithRemoteSpanContext(ctx, s.parent)
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: s.parent}))
+		}
+		_, span := m.tracer.Start(ctx, name, opts...)
 		// Kept to what a reader of the trace needs: every attribute costs
 		// its share of the export on every event.
-		attrs = append(attrs[:0], kafka, sendName, sendType, attrDestination.String(s.topic))
-		if i < len(deliveries) {
-			d := deliveries[i]
-			attrs = append(attrs, attrPartition.String(strconv.Itoa(int(d.Partition))))
+		a := append(m.attrs[:0], kafka, sendName, sendType, attrDestination.String(s.topic))
+		if s.sent < len(txn.deliveries) {
+			d := txn.deliveries[s.sent]
+			a = append(a, attrPartition.String(strconv.Itoa(int(d.Partition))))
 			if d.Offset >= 0 {
-				attrs = append(attrs, attrOffset.Int64(d.Offset))
+				a = append(a, attrOffset.Int64(d.Offset))
 			}
 		}
 		if s.key != nil {
-			attrs = append(attrs, attrKey.String(string(s.key)))
+			a = append(a, attrKey.String(string(s.key)))
 		}
 		if s.tomb {
-			attrs = append(attrs, attrTombstone.Bool(true))
+			a = append(a, attrTombstone.Bool(true))
 		}
 		if s.id != "" {
-			attrs = append(attrs, attrMessageID.String(s.id))
+			a = append(a, attrMessageID.String(s.id))
 		}
 		if s.corr != "" {
-			attrs = append(attrs, attrConversationID.String(s.corr))
+			a = append(a, attrConversationID.String(s.corr))
 		}
-		attrs = append(attrs, postgresql)
+		a = append(a, postgresql)
 		if s.table != "" {
-			attrs = append(attrs, attrDBCollection.String(s.table))
+			a = append(a, attrDBCollection.String(s.table))
 		}
 		if s.lsn != 0 {
-			if s.lsn != b.lastLSN {
-				b.lastLSN, b.lsnText = s.lsn, s.lsn.String()
+			if s.lsn != m.lastLSN {
+				m.lastLSN, m.lsnText = s.lsn, s.lsn.String()
 			}
-			attrs = append(attrs, AttrSourceLSN.String(b.lsnText))
+			a = append(a, AttrSourceLSN.String(m.lsnText))
 		}
-		s.span.SetAttributes(attrs...)
-		s.span.End(end)
+		span.SetAttributes(a...)
+		span.End(end)
+		m.attrs = a
 	}
-	_, span := b.t.tracer.Start(context.Background(), "commit",
-		trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(started))
+	_, span := m.tracer.Start(context.Background(), "commit",
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(txn.started))
 	if span.IsRecording() {
-		span.SetAttributes(kafka, attrOperationName.String("commit"), attrBatchCount.Int(len(b.spans)),
-			AttrTxnSeq.Int64(seq), AttrCheckpointLSN.String(lsn.String()))
+		span.SetAttributes(kafka, attrOperationName.String("commit"), attrBatchCount.Int(txn.events),
+			AttrTxnSeq.Int64(txn.seq), AttrCheckpointLSN.String(txn.lsn.String()))
 	}
 	span.End(end)
-	clear(b.spans)
-	b.spans = b.spans[:0]
-	b.t.q.nudge()
 }
 
-// Discard forgets the transaction's spans without ending them: it failed
-// or was abandoned, its events were never visible, and none is exported.
-func (b *Batch) Discard() {
-	b.pending, b.hasPending = eventSpan{}, false
-	clear(b.spans)
-	b.spans = b.spans[:0]
+// The span ids that Start chose (and a traceparent header may name) reach
+// the SDK through the context: presetIDs returns them to the provider.
+type presetKey struct{}
+
+func withSpanContext(ctx context.Context, sc trace.SpanContext) context.Context {
+	return context.WithValue(ctx, presetKey{}, sc)
+}
+
+// presetIDs is the provider's IDGenerator: the ids in the context when
+// there are, random ones otherwise (the commit spans).
+type presetIDs struct{}
+
+func (presetIDs) NewIDs(ctx context.Context) (trace.TraceID, trace.SpanID) {
+	if sc, ok := ctx.Value(presetKey{}).(trace.SpanContext); ok {
+		return sc.TraceID(), sc.SpanID()
+	}
+	var tid trace.TraceID
+	for tid == (trace.TraceID{}) {
+		binary.BigEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(tid[8:], rand.Uint64())
+	}
+	return tid, presetIDs{}.NewSpanID(ctx, tid)
+}
+
+func (presetIDs) NewSpanID(ctx context.Context, _ trace.TraceID) trace.SpanID {
+	if sc, ok := ctx.Value(presetKey{}).(trace.SpanContext); ok {
+		return sc.SpanID()
+	}
+	var sid trace.SpanID
+	for sid == (trace.SpanID{}) {
+		binary.BigEndian.PutUint64(sid[:], rand.Uint64())
+	}
+	return sid
 }

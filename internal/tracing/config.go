@@ -40,8 +40,8 @@ type Config struct {
 	ServiceName string
 	// Timeout bounds one export (default 10s, or OTEL_EXPORTER_OTLP_TIMEOUT).
 	Timeout time.Duration
-	// QueueSize is how many ended spans wait for export; past it spans are
-	// dropped and counted (default 8192).
+	// QueueSize is how many spans of committed transactions may wait to be
+	// made and exported; past it spans are dropped and counted (default 65536).
 	QueueSize int
 
 	// RelayName and Database label the resource (cdcrelay.relay,
@@ -56,7 +56,7 @@ const (
 )
 
 const (
-	defaultQueueSize   = 8192
+	defaultQueueSize   = 65536
 	defaultServiceName = "cdcrelay"
 	exportBatchSize    = 512
 	exportInterval     = time.Second

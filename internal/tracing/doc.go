@@ -19,17 +19,20 @@
 // killed between the commit and the export loses that batch's spans: spans
 // are at most once, never duplicated.)
 //
-// Export never holds up publishing: ended spans go to a bounded queue, a
-// goroutine exports them in batches with a timeout, and spans that find the
-// queue full or whose export failed are dropped and counted
-// (cdcrelay_tracing_spans_dropped_total). The SDK's own batch processor
-// does not tell how many it dropped, which is why the queue is ours.
-//
-// The daemon sees a [Batch] per session: [Batch.Start] before an event is
-// sent, [Batch.Sent] once it is in the transaction, [Batch.Committed] or
-// [Batch.Discard] when the transaction ends.
+// Tracing never holds up publishing. The daemon sees a [Batch] per
+// session: [Batch.Start] before an event is sent (it picks the span's ids,
+// which a traceparent header may need, and notes the span's facts),
+// [Batch.Sent] once the event is in the transaction, and [Batch.Committed]
+// or [Batch.Discard] when the transaction ends. Only then, on the Tracer's
+// own goroutine, are the SDK's spans made and ended (the ids reach the SDK
+// through its IDGenerator); a second goroutine exports them in batches,
+// each export bounded by a timeout. Spans that find a queue full, or whose
+// export failed, are dropped and counted (cdcrelay_tracing_spans_dropped_total).
+// The SDK's own batch processor does not tell how many it dropped, which
+// is why the export queue is ours.
 //
 // Files: config.go (Config, OTLP exporter from relay.toml and OTEL_*
-// variables), tracer.go (Tracer: provider, sampler, metrics), batch.go (the
-// spans of one Kafka transaction), queue.go (the export queue).
+// variables), tracer.go (Tracer: provider, sampler, span goroutine,
+// metrics), batch.go (the spans of one Kafka transaction, and how they are
+// made), queue.go (the export queue).
 package tracing

@@ -4,12 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // scopeName is the instrumentation scope of the relay's spans.
@@ -19,10 +21,18 @@ const scopeName = "github.com/cdcrelay/cdcrelay"
 // serves the whole process; [Tracer.NewBatch] gives each session its own
 // per-transaction state.
 type Tracer struct {
-	provider *sdktrace.TracerProvider
-	tracer   trace.Tracer
-	q        *queue
-	log      *slog.Logger
+	provider    *sdktrace.TracerProvider
+	q           *queue
+	log         *slog.Logger
+	rootSampler sdktrace.Sampler // for the traces the relay starts
+
+	// Committed transactions wait in txns for the span goroutine; backlog
+	// counts their spans, bounded by limit.
+	txns     chan *committedTxn
+	backlog  atomic.Int64
+	limit    int64
+	made     chan struct{} // closed when the span goroutine has ended
+	stopOnce sync.Once
 }
 
 // New sets up tracing as cfg says. It does not connect: a collector that is
@@ -67,24 +77,82 @@ func newTracer(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	}
 	q := newQueue(exp, size, log)
 	ratio := cfg.sampleRatio(getenv)
+	root := sdktrace.TraceIDRatioBased(ratio)
 	provider := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		// A row's context decides for its events (sampled upstream means
-		// recorded here); the ratio decides for the traces the relay starts.
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
+		// recorded here); the ratio decides for the traces the relay starts
+		// (the decision Batch.Start made already, deterministic in the
+		// trace id).
+		sdktrace.WithSampler(sdktrace.ParentBased(root)),
+		sdktrace.WithIDGenerator(presetIDs{}),
 		sdktrace.WithSpanProcessor(q),
 	)
+	t := &Tracer{provider: provider, q: q, log: log, rootSampler: root,
+		txns: make(chan *committedTxn, 1024), limit: int64(size), made: make(chan struct{})}
+	go t.makeSpans(&spanMaker{tracer: provider.Tracer(scopeName), names: map[string]string{}})
 	log.Info("tracing: exporting spans over OTLP", "protocol", protocol, "endpoint", cfg.Endpoint, "sample_ratio", ratio)
-	return &Tracer{provider: provider, tracer: provider.Tracer(scopeName), q: q, log: log}, nil
+	return t, nil
 }
 
-// Shutdown exports the queued spans, within ctx, and stops the exporter.
+// submit hands a committed transaction's spans to the span goroutine, or
+// drops them (counted) when it is a queue's length behind.
+func (t *Tracer) submit(txn *committedTxn) {
+	n := int64(len(txn.spans)) + 1
+	if t.backlog.Add(n) > t.limit {
+		t.backlog.Add(-n)
+		t.q.droppedFull.Add(uint64(n))
+		return
+	}
+	select {
+	case t.txns <- txn:
+	default:
+		t.backlog.Add(-n)
+		t.q.droppedFull.Add(uint64(n))
+	}
+}
+
+// makeSpans makes, ends and queues the spans of committed transactions.
+func (t *Tracer) makeSpans(m *spanMaker) {
+	defer close(t.made)
+	for txn := range t.txns {
+		m.make(txn)
+		t.backlog.Add(-int64(len(txn.spans)) - 1)
+		t.q.nudge()
+	}
+}
+
+// stopMaking ends the span goroutine once it has made what was submitted.
+func (t *Tracer) stopMaking(ctx context.Context) error {
+	t.stopOnce.Do(func() { close(t.txns) })
+	select {
+	case <-t.made:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Shutdown makes and exports the spans of the transactions committed so
+// far, within ctx, and stops the exporter. No Batch may be used after it.
 func (t *Tracer) Shutdown(ctx context.Context) error {
+	if err := t.stopMaking(ctx); err != nil {
+		return err
+	}
 	return t.provider.Shutdown(ctx)
 }
 
-// ForceFlush exports the queued spans now.
+// ForceFlush makes and exports the spans submitted so far.
 func (t *Tracer) ForceFlush(ctx context.Context) error {
+	for t.backlog.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.made:
+			return t.provider.ForceFlush(ctx)
+		case <-time.After(time.Millisecond):
+		}
+	}
 	return t.provider.ForceFlush(ctx)
 }
 
