@@ -7,6 +7,7 @@
 #   make dev-down     stop them
 #   make bench        throughput/latency/memory vs pg_recvlogical (docs/performance.md)
 #   make kafka-jars   fetch the pinned Kafka broker into the cache (done by test/dev-up)
+#   make pg-builds    fetch the pinned PostgreSQL 14/16/17/18 server builds (done by test)
 #   make vet | lint
 
 SHELL := /bin/bash
@@ -23,10 +24,16 @@ CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 CDCRELAY_KAFKA_JARS ?= $(CACHE_HOME)/cdcrelay/kafka-$(KAFKA_VERSION)
 export CDCRELAY_KAFKA_JARS
 
+# The PostgreSQL server builds of the test matrix (testdata/postgres/versions.txt),
+# unpacked into the same cache as postgres-<version>/.
+PG_VERSIONS := testdata/postgres/versions.txt
+CDCRELAY_PG_BUILDS ?= $(CACHE_HOME)/cdcrelay
+export CDCRELAY_PG_BUILDS
+
 DEV_DIR := .dev
 DEVENV := bin/devenv
 
-.PHONY: all build test kafka-jars dev-up dev-down vet lint fmt-check devenv bench demo
+.PHONY: all build test kafka-jars pg-builds dev-up dev-down vet lint fmt-check devenv bench demo
 
 all: build
 
@@ -37,7 +44,11 @@ build:
 kafka-jars:
 	@internal/testenv/scripts/kafka-jars.sh $(KAFKA_POM) "$(CDCRELAY_KAFKA_JARS)"
 
-test: kafka-jars
+# Fetches each build once: a stamp in its directory records the artifact.
+pg-builds:
+	@internal/testenv/scripts/pg-builds.sh $(PG_VERSIONS) "$(CDCRELAY_PG_BUILDS)"
+
+test: kafka-jars pg-builds
 	@internal/testenv/scripts/test.sh -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(PKG)
 
 devenv:
