@@ -278,6 +278,9 @@ func validate(c *Config, ix *index) []Issue {
 		}
 	}
 
+	// [tracing]
+	validateTracing(v, c)
+
 	// [[mapping]]
 	validateMappings(v, c)
 	return v.issues
