@@ -48,6 +48,9 @@ type relInfo struct {
 	rule  *rule // nil: the table is not mapped
 	idx   map[string]int
 	probs []relProblem
+	// traced: the table has one of the mapping's trace columns (most have
+	// none, and then no row needs looking at for them).
+	traced bool
 }
 
 // maxCachedRelations bounds the cache: every session and every ALTER TABLE
@@ -66,6 +69,11 @@ func (m *Mapper) relation(rel *replication.Relation) *relInfo {
 		ri.rule = r
 		ri.idx = columnIndex(rel)
 		ri.probs = r.checkRelation(rel, ri.idx)
+		for _, col := range r.spec.Trace.columns() {
+			if _, ok := ri.idx[col]; ok && col != "" {
+				ri.traced = true
+			}
+		}
 	}
 	m.relMu.Lock()
 	if m.rels == nil || len(m.rels) >= maxCachedRelations {
@@ -281,7 +289,7 @@ func (m *Mapper) Map(c *replication.Change) ([]Event, error) {
 		return nil, nil
 	}
 	c = keyOnlyOld(c)
-	v := &rowView{c: c, rel: c.Relation, idx: ri.idx}
+	v := &rowView{c: c, rel: c.Relation, idx: ri.idx, traced: ri.traced}
 	if probs := ri.probs; len(probs) > 0 {
 		p := probs[0]
 		return nil, &RowError{Table: r.spec.Table, Pos: c.Pos, Column: p.column,

@@ -140,6 +140,9 @@ func (r *rule) checkTraceRelation(need func(key, col string)) {
 // the row. Missing, NULL and unsent values mean "none"; an invalid context
 // is reported to the trace-context function and left out.
 func (r *rule) readTrace(v *rowView, b *built) {
+	if !v.traced {
+		return
+	}
 	t := &r.spec.Trace
 	text := func(col string) (string, bool) {
 		if col == "" {
