@@ -14,6 +14,16 @@ type Event struct {
 	// time, or the outbox timestamp_column / changelog time_column. Zero when
 	// unknown (the producer then stamps the record).
 	Timestamp time.Time
+
+	// ID is the event's id (the outbox id column, the changelog id column,
+	// or the change's position); "" for tombstones and dead letters.
+	ID string
+	// Trace is the W3C trace context the row carried (its traceparent and
+	// tracestate headers are among Headers); zero when it carried none.
+	Trace TraceContext
+	// CorrelationID is the value of the mapping's correlation id (also a
+	// header), "" when it has none.
+	CorrelationID string
 }
 
 // Header is a Kafka record header.

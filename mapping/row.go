@@ -14,6 +14,8 @@ type rowView struct {
 	c   *replication.Change
 	rel *replication.Relation
 	idx map[string]int
+	// traced: the relation has a trace column of the mapping (readTrace).
+	traced bool
 }
 
 // keyOnlyOld returns c with the columns that its old row did not carry

@@ -39,6 +39,7 @@ type Spec struct {
 	Changelog   ChangelogSpec   `toml:"changelog"`
 	Rows        TableSpec       `toml:"rows"`
 	CloudEvents CloudEventsSpec `toml:"cloudevents"`
+	Trace       TraceSpec       `toml:"trace"`
 }
 
 // OutboxSpec names the columns of an outbox table (Debezium's Outbox Event
@@ -261,6 +262,20 @@ func (s *Spec) normalize(db string) []error {
 		}
 	default:
 		add(kerr("envelope", "%q is not one of %q, %q, %q, %q", s.Envelope, EnvelopeRaw, EnvelopeJSON, EnvelopeCEBinary, EnvelopeCEStructed))
+	}
+
+	for _, err := range s.Trace.normalize(s.Kind) {
+		add(err)
+	}
+	if t := &s.Trace; t.CorrelationIDColumn != "" {
+		for name := range s.Headers {
+			if strings.EqualFold(name, t.CorrelationIDHeader) {
+				add(kerr("trace.correlation_id_column", "header %q is also a template in [mapping.headers]: use one of the two", name))
+			}
+		}
+		if slices.Contains(s.reservedHeaders(), strings.ToLower(t.CorrelationIDHeader)) {
+			add(kerr("trace.correlation_id_header", "header %q is set by the mapping itself (kind %q, envelope %q)", t.CorrelationIDHeader, s.Kind, s.Envelope))
+		}
 	}
 
 	for _, name := range sortedKeys(s.Headers) {

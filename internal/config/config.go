@@ -19,6 +19,7 @@ type Config struct {
 	Kafka    Kafka          `toml:"kafka"`
 	Batch    Batch          `toml:"batch"`
 	Metrics  Metrics        `toml:"metrics"`
+	Tracing  Tracing        `toml:"tracing"`
 	Mappings []mapping.Spec `toml:"mapping"`
 }
 

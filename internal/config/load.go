@@ -183,6 +183,8 @@ func applyDefaults(c *Config, ix *index) {
 	if !ix.has("batch.read_ahead_bytes") {
 		b.ReadAheadBytes = DefaultReadAheadBytes
 	}
+
+	boolean(&c.Tracing.Enabled, ix.hasSection("tracing"))
 }
 
 var (
@@ -275,6 +277,9 @@ func validate(c *Config, ix *index) []Issue {
 			v.add("metrics.listen", "%q has no port", l)
 		}
 	}
+
+	// [tracing]
+	validateTracing(v, c)
 
 	// [[mapping]]
 	validateMappings(v, c)
