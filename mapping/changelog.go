@@ -177,6 +177,31 @@ func (r *rule) mapChangelog(v *rowView) ([]Event, error) {
 	b.data = b.json
 	b.raw = appendOrNull(nil, img)
 	b.rawHeaders = append(b.rawHeaders, Header{Key: "op", Value: []byte(op)})
+	if v.reg != nil {
+		b.contract = v.reg.event
+	}
+	if r.spec.Envelope == EnvelopeAvro {
+		a := appendAvroString(nil, b.id)
+		a = appendAvroString(a, op)
+		if cl.TypeColumn != "" {
+			if typ.Kind == replication.ValueText {
+				a = appendAvroBytes(append(a, 2), typ.Text)
+			} else {
+				a = append(a, 0)
+			}
+		}
+		if cl.TimeColumn != "" {
+			if evTime != nil {
+				// A JSON string of ASCII without escapes.
+				a = appendAvroBytes(append(a, 2), evTime[1:len(evTime)-1])
+			} else {
+				a = append(a, 0)
+			}
+		}
+		a = r.appendAvroSource(a, c, srcSchema, srcTable, c.Relation.QualifiedName())
+		a = appendAvroNullable(a, before)
+		b.avro = appendAvroNullable(a, after)
+	}
 
 	ev, err := r.event(b)
 	if err != nil {

@@ -50,6 +50,9 @@ type built struct {
 
 	headers    []Header // the kind's own headers, in every envelope
 	rawHeaders []Header // headers only envelope "raw" carries (op, unchanged_toast)
+
+	avro     []byte    // the value in envelope "avro" (Avro binary)
+	contract *Contract // envelopes "avro" and "json-schema"
 }
 
 // event applies the mapping's envelope and its headers.
@@ -62,6 +65,18 @@ func (r *rule) event(b *built) (Event, error) {
 		ev.Headers = append(ev.Headers, b.rawHeaders...)
 	case EnvelopeJSON:
 		ev.Value = b.json
+	case EnvelopeAvro, EnvelopeJSONSchema:
+		ev.Contract = b.contract
+		if r.spec.Envelope == EnvelopeAvro {
+			ev.Value = b.avro
+		} else if r.spec.Schema.Value == SchemaValueRow {
+			ev.Value = b.raw
+		} else {
+			ev.Value = b.json
+		}
+		if r.spec.Schema.Value == SchemaValueRow {
+			ev.Headers = append(ev.Headers, b.rawHeaders...)
+		}
 	case EnvelopeCEBinary, EnvelopeCEStructed:
 		source, ceType, err := r.ceAttrs(b)
 		if err != nil {

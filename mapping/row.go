@@ -14,6 +14,7 @@ type rowView struct {
 	c   *replication.Change
 	rel *replication.Relation
 	idx map[string]int
+	reg *relContract // envelopes "avro" and "json-schema"
 }
 
 // keyOnlyOld returns c with the columns that its old row did not carry

@@ -19,7 +19,10 @@ type Config struct {
 	Kafka    Kafka          `toml:"kafka"`
 	Batch    Batch          `toml:"batch"`
 	Metrics  Metrics        `toml:"metrics"`
-	Mappings []mapping.Spec `toml:"mapping"`
+	// SchemaRegistry is used by the "avro" and "json-schema" envelopes and
+	// outbox payload_schema = "registry" (registry.go).
+	SchemaRegistry SchemaRegistry `toml:"schema_registry"`
+	Mappings       []mapping.Spec `toml:"mapping"`
 }
 
 // Relay names this relay; the name derives the slot, the publication, the

@@ -181,6 +181,7 @@ func applyDefaults(c *Config, ix *index) {
 	if !ix.has("batch.read_ahead_bytes") {
 		b.ReadAheadBytes = DefaultReadAheadBytes
 	}
+	applyRegistryDefaults(c, ix)
 }
 
 var (
@@ -273,6 +274,9 @@ func validate(c *Config, ix *index) []Issue {
 			v.add("metrics.listen", "%q has no port", l)
 		}
 	}
+
+	// [schema_registry]
+	validateRegistry(v, c)
 
 	// [[mapping]]
 	validateMappings(v, c)

@@ -11,12 +11,15 @@ const Mask = "xxxxx"
 
 // Redacted returns a copy of c that is safe to print or log: the password of
 // postgres.dsn (in a URL's user info, a password= parameter or a key=value
-// password) and kafka.sasl.password are masked.
+// password), kafka.sasl.password and schema_registry.password are masked.
 func (c *Config) Redacted() *Config {
 	r := *c
 	r.Postgres.DSN = RedactDSN(c.Postgres.DSN)
 	if r.Kafka.SASL.Password != "" {
 		r.Kafka.SASL.Password = Mask
+	}
+	if r.SchemaRegistry.Password != "" {
+		r.SchemaRegistry.Password = Mask
 	}
 	return &r
 }
