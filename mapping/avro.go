@@ -28,10 +28,10 @@ import (
 type avroKind uint8
 
 const (
-	avroString avroKind = iota // Postgres's text (also: numeric without scale, enums, uuid, ...)
-	avroJSONText               // json/jsonb: the compacted JSON text, as a string
-	avroTimetz                 // string, offset as ±hh:mm (the JSON encoding)
-	avroInterval               // string, ISO 8601 (the JSON encoding)
+	avroString   avroKind = iota // Postgres's text (also: numeric without scale, enums, uuid, ...)
+	avroJSONText                 // json/jsonb: the compacted JSON text, as a string
+	avroTimetz                   // string, offset as ±hh:mm (the JSON encoding)
+	avroInterval                 // string, ISO 8601 (the JSON encoding)
 	avroInt
 	avroLong
 	avroOID // long

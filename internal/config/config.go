@@ -14,11 +14,11 @@ import (
 
 // Config is the whole of relay.toml.
 type Config struct {
-	Relay    Relay          `toml:"relay"`
-	Postgres Postgres       `toml:"postgres"`
-	Kafka    Kafka          `toml:"kafka"`
-	Batch    Batch          `toml:"batch"`
-	Metrics  Metrics        `toml:"metrics"`
+	Relay    Relay    `toml:"relay"`
+	Postgres Postgres `toml:"postgres"`
+	Kafka    Kafka    `toml:"kafka"`
+	Batch    Batch    `toml:"batch"`
+	Metrics  Metrics  `toml:"metrics"`
 	// SchemaRegistry is used by the "avro" and "json-schema" envelopes and
 	// outbox payload_schema = "registry" (registry.go).
 	SchemaRegistry SchemaRegistry `toml:"schema_registry"`
