@@ -1,9 +1,15 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"net/url"
+	"os"
+	"strings"
 
 	"github.com/cdcrelay/cdcrelay/mapping"
+	"github.com/cdcrelay/cdcrelay/schema"
 )
 
 // SchemaRegistry is the schema registry that the envelopes "avro" and
@@ -116,4 +122,37 @@ func RedactURL(s string) string {
 		u.User = url.UserPassword(u.User.Username(), Mask)
 	}
 	return u.String()
+}
+
+// ClientConfig is the registry client's configuration for package schema
+// (the TLS files read).
+func (r *SchemaRegistry) ClientConfig() (schema.Config, error) {
+	sc := schema.Config{
+		URL: r.URL, Username: r.Username, Password: r.Password,
+		Timeout: r.RequestTimeout.Duration, SubjectNameStrategy: r.SubjectNameStrategy,
+	}
+	t := &r.TLS
+	if strings.HasPrefix(r.URL, "https://") {
+		tc := &tls.Config{InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+		if t.CAFile != "" {
+			pem, err := os.ReadFile(t.CAFile)
+			if err != nil {
+				return sc, fmt.Errorf("schema_registry.tls.ca_file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return sc, fmt.Errorf("schema_registry.tls.ca_file %s: no PEM certificate found", t.CAFile)
+			}
+			tc.RootCAs = pool
+		}
+		if t.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+			if err != nil {
+				return sc, fmt.Errorf("schema_registry.tls.cert_file/key_file: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		sc.TLS = tc
+	}
+	return sc, nil
 }
