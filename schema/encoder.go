@@ -61,11 +61,11 @@ type Encoder struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	ids      map[subjectSchema]int       // registered: the schema's id under the subject
-	refused  map[subjectSchema]*refusal  // refused by the registry, not asked again for a while
-	compat   map[string]string           // subjects whose compatibility level this encoder set
-	latest   map[string]*latestSchema    // outbox lookups, by subject
-	compiled map[int]*compiledSchema     // parsed schemas, by id
+	ids      map[subjectSchema]int      // registered: the schema's id under the subject
+	refused  map[subjectSchema]*refusal // refused by the registry, not asked again for a while
+	compat   map[string]string          // subjects whose compatibility level this encoder set
+	latest   map[string]*latestSchema   // outbox lookups, by subject
+	compiled map[int]*compiledSchema    // parsed schemas, by id
 	now      func() time.Time
 }
 
