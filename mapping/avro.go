@@ -614,17 +614,17 @@ func (r *jsonObjectReader) str() ([]byte, error) {
 // than letters, digits and '_' become '_', and a leading digit gets a '_'
 // before it (Debezium's field.name.adjustment.mode = avro).
 func avroName(s string) string {
+	if s == "" {
+		return "_"
+	}
 	b := []byte(s)
 	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
-			if i == 0 && c >= '0' && c <= '9' {
-				return "_" + avroName(s)
-			}
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= '0' && c <= '9') {
 			b[i] = '_'
 		}
 	}
-	if len(b) == 0 {
-		return "_"
+	if b[0] >= '0' && b[0] <= '9' {
+		return "_" + string(b)
 	}
 	return string(b)
 }
