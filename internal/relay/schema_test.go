@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"fmt"
+	"math/rand"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -350,5 +351,119 @@ func TestRegistryOutage(t *testing.T) {
 	}
 	if p.Exited() {
 		t.Fatalf("the relay exited: %s", lastLines(p.Output(), 10))
+	}
+}
+
+// TestExactlyOnceUnderChaosAvro is a short run of the chaos harness
+// (TestExactlyOnceUnderChaos) with envelope "avro": the outbox table mapped
+// as a plain table, its rows' Avro events decoded by goavro and checked as
+// the outbox events are, while the relay is SIGKILLed at random moments and
+// Kafka's connections are reset.
+func TestExactlyOnceUnderChaosAvro(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long test")
+	}
+	e := startChaosEnv(t, testenv.PostgresOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	const name, db = "chaosavro", "chaosavro"
+	e.setupOutbox(t, ctx, db, name, 3)
+	registry := testenv.RegistryURL(t)
+	cfgPath := e.config(t, name, db, fmt.Sprintf(`
+[schema_registry]
+url = %q
+
+[[mapping]]
+table = "public.outbox"
+kind = "table"
+topic = "outbox.event.order"
+key = "{aggregateid}"
+envelope = "avro"
+[mapping.rows]
+ops = ["insert"]
+`, registry))
+	logPath := filepath.Join(e.dir, "relay.log")
+	conn, err := pgx.Connect(ctx, e.pg.DSN(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	w := &outboxWriter{dsn: e.pg.DSN(db), conn: conn, aggregates: 12, seq: map[string]int{}}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewSource(seed))
+	writerDone := make(chan error, 1)
+	go func() {
+		wr := rand.New(rand.NewSource(seed + 1))
+		for written := 0; written < 8000; {
+			n := min(1+wr.Intn(300), 8000-written)
+			if err := w.txn(ctx, n, wr); err != nil {
+				writerDone <- err
+				return
+			}
+			written += n
+			time.Sleep(time.Duration(20+wr.Intn(100)) * time.Millisecond)
+		}
+		writerDone <- nil
+	}()
+	kills, writing := 0, true
+	for kills < 8 || writing {
+		p, err := e2e.Start(e.bin, logPath, "run", "--config", cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kills == 3 {
+			time.Sleep(time.Duration(300+rnd.Intn(1000)) * time.Millisecond)
+			t.Log("fault: reset Kafka connections")
+			e.kProxy.ResetAll()
+		}
+		time.Sleep(time.Duration(300+rnd.Intn(2000)) * time.Millisecond)
+		if p.Exited() {
+			t.Fatalf("relay exited by itself:\n%s", p.Output())
+		}
+		p.Kill()
+		kills++
+		select {
+		case err := <-writerDone:
+			if err != nil {
+				t.Fatalf("writer: %v", err)
+			}
+			writing = false
+		default:
+		}
+	}
+	final, err := e2e.Start(e.bin, logPath, "run", "--config", cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer final.Stop(10 * time.Second)
+	total := int(w.committed.Load())
+	recs, err := e2e.ReadCommitted(ctx, e.brokers, []string{"outbox.event.order"}, total, 8*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Decode each event by its schema id and present it as the outbox
+	// events checkOutboxEvents reads: payload as the value, id and type as
+	// headers.
+	dec := avrocheck.New(registry)
+	for i := range recs {
+		native, _, err := dec.Avro(recs[i].Value)
+		if err != nil {
+			t.Fatalf("record %d: %v", recs[i].Offset, err)
+		}
+		after := avrocheck.Unwrap(native.(map[string]any)["after"]).(map[string]any)
+		recs[i].Value = []byte(avrocheck.Unwrap(after["payload"]).(string))
+		recs[i].Headers = map[string]string{"id": fmt.Sprint(after["id"]), "type": fmt.Sprint(avrocheck.Unwrap(after["type"]))}
+	}
+	logb, _ := os.ReadFile(logPath)
+	resumes := strings.Count(string(logb), "resuming from kafka checkpoint")
+	t.Logf("relay SIGKILLed %d times (%d resumes from a checkpoint); %d rows, %d events", kills, resumes, total, len(recs))
+	if resumes < kills/2 {
+		t.Errorf("only %d resumes in %d runs: the kills did not interrupt a streaming relay", resumes, kills)
+	}
+	checkOutboxEvents(t, recs, total, w.seq)
+	if t.Failed() {
+		b, _ := os.ReadFile(logPath)
+		t.Logf("relay log (tail):\n%s", lastLines(string(b), 40))
 	}
 }
