@@ -331,3 +331,24 @@ func appendAvroNames(dst []byte, names []string) []byte {
 	}
 	return append(dst, 0)
 }
+
+// TableContract returns the contract that events of rel (a mapped table's
+// current shape, as replication.LoadRelation reads it) would carry, and
+// their topic when it does not depend on row values ("" otherwise), for
+// `cdcrelay check` to compare with the registry. It returns nil for a
+// table that is not mapped or whose envelope does not use the registry.
+func (m *Mapper) TableContract(rel *replication.Relation) (c *Contract, topic string, err error) {
+	r, ok := m.rules[rel.QualifiedName()]
+	if !ok || !r.spec.registryEnvelope() {
+		return nil, "", nil
+	}
+	rc := r.contractFor(rel, columnIndex(rel))
+	if rc.problem != "" {
+		return nil, "", fmt.Errorf("mapping %q: %s", r.spec.Table, rc.problem)
+	}
+	if r.topic != nil && len(r.topic.columns()) == 0 && r.spec.Kind == KindTable {
+		topic, _ = r.topic.expand(&tmplEnv{schema: rel.Schema, table: rel.Table, op: "insert",
+			col: func(string) (replication.Value, error) { return replication.Value{}, errAbsent }})
+	}
+	return rc.event, topic, nil
+}

@@ -359,3 +359,78 @@ func (e *UnavailableError) Error() string {
 	return fmt.Sprintf("schema registry unavailable (%s): %v", e.Op, e.Err)
 }
 func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// CheckResult is what [Encoder.Check] found for one subject.
+type CheckResult struct {
+	Subject string
+	// Registered: this very schema is registered under the subject.
+	Registered bool
+	// Latest is the subject's latest version (0: the subject has none).
+	Latest int
+	// Compatible: registering it would be accepted under the subject's
+	// compatibility level (Level).
+	Compatible bool
+	Level      string
+	Changes    []Change // against the latest version
+	Messages   []string // the registry's reasons, when it gives them
+}
+
+// Check asks the registry, changing nothing, what registering s under
+// subject would do.
+func (e *Encoder) Check(ctx context.Context, subject string, s *mapping.Schema) (CheckResult, error) {
+	res := CheckResult{Subject: subject}
+	typ := sr.TypeAvro
+	if s.Format == mapping.SchemaJSON {
+		typ = sr.TypeJSON
+	}
+	sch := sr.Schema{Schema: s.Text, Type: typ}
+	var re *sr.ResponseError
+	var found sr.SubjectSchema
+	err := e.retry(ctx, "lookup", func(ctx context.Context) error {
+		var err error
+		found, err = e.cl.LookupSchema(ctx, subject, sch)
+		return err
+	})
+	switch {
+	case err == nil:
+		res.Registered, res.Compatible = true, true
+		res.Latest = found.Version
+	case errors.As(err, &re) && re.StatusCode == http.StatusNotFound:
+	default:
+		return res, err
+	}
+	var latest sr.SubjectSchema
+	err = e.retry(ctx, "latest", func(ctx context.Context) error {
+		var err error
+		latest, err = e.cl.SchemaByVersion(ctx, subject, -1)
+		return err
+	})
+	if errors.As(err, &re) && re.StatusCode == http.StatusNotFound {
+		res.Compatible = true // a first version
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	res.Latest = latest.Version
+	if res.Registered {
+		return res, nil
+	}
+	res.Changes = Changes(s.Format, latest.Schema.Schema, s.Text)
+	if c := e.cl.Compatibility(ctx, subject)[0]; c.Err == nil {
+		res.Level = c.Level.String()
+	} else if g := e.cl.Compatibility(ctx)[0]; g.Err == nil {
+		res.Level = g.Level.String()
+	}
+	var cr sr.CheckCompatibilityResult
+	err = e.retry(ctx, "compatibility", func(ctx context.Context) error {
+		var err error
+		cr, err = e.cl.CheckCompatibility(sr.WithParams(ctx, sr.Verbose), subject, -1, sch)
+		return err
+	})
+	if err != nil {
+		return res, err
+	}
+	res.Compatible, res.Messages = cr.Is, cr.Messages
+	return res, nil
+}
