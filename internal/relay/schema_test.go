@@ -210,11 +210,19 @@ func TestSchemaEvolutionWhileRunning(t *testing.T) {
 		t.Errorf("rows came with %d schema ids, want 5 (one per shape): %v", len(ids), rows)
 	}
 	for id, check := range map[int64]func(map[string]any) bool{
-		1: func(a map[string]any) bool { return avrocheck.Unwrap(a["name"]) == "bolt" && avrocheck.Unwrap(a["qty"]) == int32(10) && avrocheck.Unwrap(a["note"]) == "n1" },
+		1: func(a map[string]any) bool {
+			return avrocheck.Unwrap(a["name"]) == "bolt" && avrocheck.Unwrap(a["qty"]) == int32(10) && avrocheck.Unwrap(a["note"]) == "n1"
+		},
 		2: func(a map[string]any) bool { return avrocheck.Unwrap(a["color"]) == "red" },
-		3: func(a map[string]any) bool { _, has := a["note"]; return !has && avrocheck.Unwrap(a["color"]) == "blue" },
+		3: func(a map[string]any) bool {
+			_, has := a["note"]
+			return !has && avrocheck.Unwrap(a["color"]) == "blue"
+		},
 		4: func(a map[string]any) bool { return avrocheck.Unwrap(a["qty"]) == int64(4000000000) },
-		5: func(a map[string]any) bool { _, has := a["name"]; return !has && avrocheck.Unwrap(a["title"]) == "rivet" },
+		5: func(a map[string]any) bool {
+			_, has := a["name"]
+			return !has && avrocheck.Unwrap(a["title"]) == "rivet"
+		},
 	} {
 		if !check(rows[id].after) {
 			t.Errorf("row %d: %v", id, rows[id].after)
