@@ -88,6 +88,7 @@ envelope = "avro"
 		t.Fatal(err)
 	}
 	out := check()
+	t.Logf("check after the ALTER:\n%s", out)
 	for _, want := range []string{"FAIL", "would break consumers", "BACKWARD", `column "qty" changed type from int to string`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("after the incompatible ALTER: no %q in\n%s", want, out)
