@@ -8,6 +8,7 @@
 #   make bench        throughput/latency/memory vs pg_recvlogical (docs/performance.md)
 #   make kafka-jars   fetch the pinned Kafka broker into the cache (done by test/dev-up)
 #   make registry-dist  fetch the pinned Apicurio Registry into the cache (done by test/dev-up)
+#   make pg-builds    fetch the pinned PostgreSQL 14/16/17/18 server builds (done by test)
 #   make vet | lint
 
 SHELL := /bin/bash
@@ -30,10 +31,16 @@ APICURIO_VERSION := 3.3.3
 CDCRELAY_REGISTRY_DIST ?= $(CACHE_HOME)/cdcrelay/apicurio-registry-$(APICURIO_VERSION)
 export CDCRELAY_REGISTRY_DIST
 
+# The PostgreSQL server builds of the test matrix (testdata/postgres/versions.txt),
+# unpacked into the same cache as postgres-<version>/.
+PG_VERSIONS := testdata/postgres/versions.txt
+CDCRELAY_PG_BUILDS ?= $(CACHE_HOME)/cdcrelay
+export CDCRELAY_PG_BUILDS
+
 DEV_DIR := .dev
 DEVENV := bin/devenv
 
-.PHONY: all build test kafka-jars registry-dist dev-up dev-down vet lint fmt-check devenv bench demo
+.PHONY: all build test kafka-jars registry-dist pg-builds dev-up dev-down vet lint fmt-check devenv bench demo
 
 all: build
 
@@ -48,7 +55,11 @@ kafka-jars:
 registry-dist:
 	@internal/testenv/scripts/registry-dist.sh $(APICURIO_VERSION) "$(CDCRELAY_REGISTRY_DIST)"
 
-test: kafka-jars registry-dist
+# Fetches each build once: a stamp in its directory records the artifact.
+pg-builds:
+	@internal/testenv/scripts/pg-builds.sh $(PG_VERSIONS) "$(CDCRELAY_PG_BUILDS)"
+
+test: kafka-jars registry-dist pg-builds
 	@internal/testenv/scripts/test.sh -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(PKG)
 
 devenv:

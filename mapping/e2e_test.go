@@ -76,10 +76,16 @@ type relayEnv struct {
 
 func newRelayEnv(t *testing.T, timeout time.Duration) *relayEnv {
 	t.Helper()
+	return newRelayEnvOn(t, timeout, testenv.PostgresDSN(t))
+}
+
+// newRelayEnvOn is newRelayEnv on the server of the superuser DSN admin.
+func newRelayEnvOn(t *testing.T, timeout time.Duration, admin string) *relayEnv {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	e := &relayEnv{t: t, ctx: ctx, dir: t.TempDir()}
-	e.dsn = testenv.NewDatabase(t)
+	e.dsn = testenv.NewDatabaseOn(t, admin)
 	e.brokers = testenv.KafkaBrokers(t)
 	u, err := url.Parse(e.dsn)
 	if err != nil {
@@ -368,6 +374,30 @@ func compactJSON(raw []byte) string {
 const pinnedSession = `SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; ` +
 	`SET bytea_output = 'hex'; SET lc_monetary = 'C'; SET TimeZone = 'UTC'`
 
+// TestE2EGoldenTypes inserts every SQL case of every golden type file into
+// one wide table (a column per file, a row per case index) mapped with kind
+// "table" and the json envelope, runs the relay, and compares each column of
+// each event's "after" image with the case's "want". It also checks each
+// case's "text" against the server's output under the session settings the
+// relay pins (plus the case's TimeZone). -update rewrites "text" from the
+// server and "want" from the events.
+//
+// It runs on every server of the test matrix (PostgreSQL 14 to 18) in
+// parallel: every value must be encoded the same on each. -update rewrites
+// from the main server only.
+func TestE2EGoldenTypes(t *testing.T) {
+	main := testenv.PostgresDSN(t)
+	for _, srv := range testenv.PostgresMatrix(t) {
+		if updateGolden() && srv.DSN != main {
+			continue
+		}
+		t.Run(srv.Name(), func(t *testing.T) {
+			t.Parallel()
+			goldenTypesOn(t, srv.DSN, srv.DSN == main)
+		})
+	}
+}
+
 // goldenColumn is one golden type file as a column of the golden table.
 type goldenColumn struct {
 	name string
@@ -427,15 +457,8 @@ func loadGoldenTable(t *testing.T, e *relayEnv, name string, skip func(*goldenTy
 	return cols, rows
 }
 
-// TestE2EGoldenTypes inserts every SQL case of every golden type file into
-// one wide table (a column per file, a row per case index) mapped with kind
-// "table" and the json envelope, runs the relay, and compares each column of
-// each event's "after" image with the case's "want". It also checks each
-// case's "text" against the server's output under the session settings the
-// relay pins (plus the case's TimeZone). -update rewrites "text" from the
-// server and "want" from the events.
-func TestE2EGoldenTypes(t *testing.T) {
-	e := newRelayEnv(t, 4*time.Minute)
+func goldenTypesOn(t *testing.T, admin string, mainServer bool) {
+	e := newRelayEnvOn(t, 4*time.Minute, admin)
 	cols, rows := loadGoldenTable(t, e, "golden", nil)
 	e.publish("golden")
 	topic := e.topic("golden", 1, nil)
@@ -552,6 +575,13 @@ envelope = "json"
 			switch {
 			case gc.Null != (srvText == nil):
 				t.Errorf("%s case %d (%s): server null=%v, golden null=%v", c.name, i, gc.SQL, srvText == nil, gc.Null)
+			case srvText != nil && (gc.Text == nil || *gc.Text != *srvText) && gc.TimeZone != "" && !mainServer:
+				// The golden text comes from the main server. Another build
+				// may carry other time zone data (tzdata 2022b+ folded
+				// Europe/Amsterdam's local mean time into Brussels), so a
+				// historical local time prints differently; the event, in
+				// UTC, must not differ (checked below).
+				t.Logf("%s case %d (%s): server text %q under time zone %s, golden text %q (this build's tz data)", c.name, i, gc.SQL, *srvText, gc.TimeZone, deref(gc.Text))
 			case srvText != nil && (gc.Text == nil || *gc.Text != *srvText):
 				t.Errorf("%s case %d (%s): server text %q, golden text %q", c.name, i, gc.SQL, *srvText, deref(gc.Text))
 			}

@@ -26,6 +26,14 @@ type Plan struct {
 	Slot        string
 	Publication string
 	Tables      []TablePlan
+	// FailoverSlot asks for a failover slot where the server has them
+	// (PostgreSQL 17 and later): one that standbys with
+	// sync_replication_slots = on keep a synchronized copy of.
+	FailoverSlot bool
+	// ReplicationDSN is the connection string for what only a replication
+	// connection can do (ALTER_REPLICATION_SLOT, to make an existing slot a
+	// failover slot). Empty: setup reports that statement without running it.
+	ReplicationDSN string
 }
 
 // TablePlan is one mapped table and the changes its mapping uses.
@@ -159,6 +167,12 @@ func Setup(ctx context.Context, db Querier, plan Plan, dryRun bool) (*SetupResul
 		return res, nil
 	}
 	for _, s := range res.Statements {
+		if isReplicationCommand(s) {
+			if err := runReplicationCommand(ctx, plan, s); err != nil {
+				return res, err
+			}
+			continue
+		}
 		if _, err := db.Exec(ctx, s); err != nil {
 			return res, fmt.Errorf("setup: %s: %w", s, err)
 		}

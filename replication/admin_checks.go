@@ -29,6 +29,9 @@ type dbState struct {
 	database    string
 	canCreate   bool // CREATE on the database
 
+	// Physical replication as the primary sees it (for the failover checks).
+	standbys int // rows of pg_stat_replication other than logical walsenders
+
 	tables []tableState
 	pub    *pubState // nil: no such publication
 	slot   *SlotInfo
@@ -83,6 +86,10 @@ func inspect(ctx context.Context, db Querier, plan Plan) (*dbState, error) {
 	}
 	if st.versionNum < minVersion {
 		return st, nil
+	}
+	if err := db.QueryRow(ctx, `SELECT count(*)::int FROM pg_stat_replication s
+		WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots r WHERE r.active_pid = s.pid AND r.slot_type = 'logical')`).Scan(&st.standbys); err != nil {
+		return nil, fmt.Errorf("read pg_stat_replication: %w", err)
 	}
 	for _, tp := range plan.Tables {
 		ts, err := inspectTable(ctx, db, tp)
@@ -477,6 +484,9 @@ func (st *dbState) checkSlot(r *Report, setup bool) {
 	name := st.plan.Slot
 	s := st.slot
 	create := "SELECT pg_create_logical_replication_slot(" + quoteLiteral(name) + ", 'pgoutput')"
+	if st.failoverSlots() {
+		create = "SELECT pg_create_logical_replication_slot(" + quoteLiteral(name) + ", 'pgoutput', failover => true)"
+	}
 	drop := "SELECT pg_drop_replication_slot(" + quoteLiteral(name) + ")"
 	switch {
 	case !s.Exists:
@@ -495,9 +505,13 @@ func (st *dbState) checkSlot(r *Report, setup bool) {
 	case s.Plugin != "pgoutput":
 		r.add("slot", name, CheckFail, fmt.Sprintf("replication slot %s uses the output plugin %s; cdcrelay needs pgoutput", name, s.Plugin),
 			fmt.Sprintf("set postgres.slot to another name, or drop this slot if nothing uses it: %s; then run `cdcrelay setup`", drop))
-	case s.WALStatus == "lost":
+	case s.Invalidated():
+		why := "wal_status = lost: WAL it needed was removed"
+		if s.InvalidationReason != "" && s.InvalidationReason != "wal_removed" {
+			why = "invalidation_reason = " + s.InvalidationReason
+		}
 		r.add("slot", name, CheckFail,
-			fmt.Sprintf("replication slot %s is invalidated (wal_status = lost): WAL it needed was removed, changes since %s were never published", name, s.RestartLSN),
+			fmt.Sprintf("replication slot %s is invalidated (%s): changes since %s were never published", name, why, s.ConfirmedFlushLSN),
 			"recover: `cdcrelay teardown --yes`, `cdcrelay setup`, start the relay, then `cdcrelay backfill` each mapped table (and consider raising max_slot_wal_keep_size)")
 	case s.WALStatus == "unreserved":
 		r.add("slot", name, CheckWarn,
@@ -508,6 +522,7 @@ func (st *dbState) checkSlot(r *Report, setup bool) {
 	default:
 		r.add("slot", name, CheckOK, fmt.Sprintf("replication slot %s exists (pgoutput), confirmed up to %s", name, s.ConfirmedFlushLSN), "")
 	}
+	st.checkFailoverSlot(r, setup)
 }
 
 func (st *dbState) statements() []string {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -41,7 +42,30 @@ type SlotInfo struct {
 	// MaxSlotWALKeepSize is max_slot_wal_keep_size in bytes; -1: unlimited.
 	MaxSlotWALKeepSize int64
 
+	// The columns that only newer servers have (zero on older ones):
+	// InvalidationReason (17+; on 16 "conflicting" is reported as
+	// "rows_removed") says why the slot can no longer be used, e.g.
+	// "wal_removed", "rows_removed", "wal_level_insufficient",
+	// "idle_timeout" (18); "" while it is valid. InactiveSince (17+) is when
+	// it was last released. Failover (17+): synchronized to standbys with
+	// sync_replication_slots. Synced (17+): a copy synchronized from the
+	// primary (on a standby; on a promoted one it may stay true).
+	InvalidationReason string
+	InactiveSince      *time.Time
+	Failover           bool
+	Synced             bool
+	// ServerVersionNum is the server's server_version_num, e.g. 170011.
+	ServerVersionNum int
+	// InRecovery: the server is a standby.
+	InRecovery bool
+
 	currentDB string
+}
+
+// Invalidated reports whether the slot can no longer be streamed from: its
+// WAL was removed (wal_status lost) or it was invalidated for another reason.
+func (s *SlotInfo) Invalidated() bool {
+	return s.Exists && (s.WALStatus == "lost" || s.InvalidationReason != "")
 }
 
 // slotInfoJSON is the form of `cdcrelay status --output json`: LSNs in
@@ -62,6 +86,10 @@ type slotInfoJSON struct {
 	WALStatus          string `json:"wal_status,omitempty"`
 	SafeWALSize        *int64 `json:"safe_wal_size"`
 	MaxSlotWALKeepSize int64  `json:"max_slot_wal_keep_size"`
+	InvalidationReason string `json:"invalidation_reason,omitempty"`
+	InactiveSince      string `json:"inactive_since,omitempty"`
+	Failover           bool   `json:"failover"`
+	Synced             bool   `json:"synced"`
 }
 
 // MarshalJSON writes the slot as `cdcrelay status --output json` shows it.
@@ -71,6 +99,10 @@ func (s SlotInfo) MarshalJSON() ([]byte, error) {
 		Active: s.Active, CurrentLSN: s.CurrentLSN.String(),
 		RetainedWALBytes: s.RetainedWALBytes, LagBytes: s.LagBytes, WALStatus: s.WALStatus,
 		SafeWALSize: s.SafeWALSize, MaxSlotWALKeepSize: s.MaxSlotWALKeepSize,
+		InvalidationReason: s.InvalidationReason, Failover: s.Failover, Synced: s.Synced,
+	}
+	if s.InactiveSince != nil {
+		j.InactiveSince = s.InactiveSince.UTC().Format(time.RFC3339)
 	}
 	if s.ActivePID != 0 {
 		pid := s.ActivePID
@@ -97,7 +129,9 @@ func SlotStatus(ctx context.Context, db Querier, slot string) (*SlotInfo, error)
 		SELECT current_database(),
 		       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
 		       CASE WHEN current_setting('max_slot_wal_keep_size') = '-1' THEN -1
-		            ELSE pg_size_bytes(current_setting('max_slot_wal_keep_size')) END`).Scan(&si.currentDB, &current, &keep)
+		            ELSE pg_size_bytes(current_setting('max_slot_wal_keep_size')) END,
+		       current_setting('server_version_num')::int, pg_is_in_recovery()`).Scan(
+		&si.currentDB, &current, &keep, &si.ServerVersionNum, &si.InRecovery)
 	if err != nil {
 		return nil, fmt.Errorf("read wal position: %w", err)
 	}
@@ -110,15 +144,26 @@ func SlotStatus(ctx context.Context, db Querier, slot string) (*SlotInfo, error)
 		pid                              *int32
 		confirmed, restart               *string
 		retained, lag, safe              *int64
+		invalidation                     *string
 	)
+	// The columns differ by version: "conflicting" came with 16,
+	// "invalidation_reason", "inactive_since", "failover" and "synced" with 17.
+	newer := "NULL::text, NULL::timestamptz, false, false"
+	switch {
+	case si.ServerVersionNum >= 170000:
+		newer = "invalidation_reason, inactive_since, failover, synced"
+	case si.ServerVersionNum >= 160000:
+		newer = "CASE WHEN conflicting THEN 'rows_removed' END, NULL::timestamptz, false, false"
+	}
 	err = db.QueryRow(ctx, `
 		SELECT slot_type, plugin, database, active, active_pid,
 		       confirmed_flush_lsn::text, restart_lsn::text,
 		       pg_wal_lsn_diff($2::pg_lsn, restart_lsn)::bigint,
 		       pg_wal_lsn_diff($2::pg_lsn, confirmed_flush_lsn)::bigint,
-		       wal_status, safe_wal_size
+		       wal_status, safe_wal_size, `+newer+`
 		FROM pg_replication_slots WHERE slot_name = $1`, slot, current).Scan(
-		&typ, &plugin, &database, &si.Active, &pid, &confirmed, &restart, &retained, &lag, &walStatus, &safe)
+		&typ, &plugin, &database, &si.Active, &pid, &confirmed, &restart, &retained, &lag, &walStatus, &safe,
+		&invalidation, &si.InactiveSince, &si.Failover, &si.Synced)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return si, nil
 	}
@@ -147,6 +192,7 @@ func SlotStatus(ctx context.Context, db Querier, slot string) (*SlotInfo, error)
 		si.LagBytes = *lag
 	}
 	si.SafeWALSize = safe
+	si.InvalidationReason = ptrValue(invalidation)
 	return si, nil
 }
 

@@ -29,6 +29,20 @@ type StreamConfig struct {
 	// StatusInterval is how often the durable position is reported even when
 	// the server asks for nothing. Keep it well below wal_sender_timeout.
 	StatusInterval time.Duration
+	// Expect, when set, is the server the caller checked the slot and the
+	// checkpoint against ([IdentifyServer]). With a multi-host DSN another
+	// connection may reach another server (a failover in between); Open
+	// then fails with an [*ServerChangedError] instead of streaming.
+	Expect *ServerIdentity
+}
+
+// ServerChangedError: the replication connection reached another server
+// than the one [StreamConfig.Expect] names. Retrying is the answer.
+type ServerChangedError struct{ Want, Got *ServerIdentity }
+
+func (e *ServerChangedError) Error() string {
+	return fmt.Sprintf("the replication connection reached %s (system %s, timeline %d, in recovery %v), not the checked primary %s (system %s, timeline %d): a failover under way?",
+		e.Got.Addr, e.Got.SystemID, e.Got.Timeline, e.Got.InRecovery, e.Want.Addr, e.Want.SystemID, e.Want.Timeline)
 }
 
 // Stream is one logical replication session on a slot. It is not safe for
@@ -97,6 +111,17 @@ func Open(ctx context.Context, cfg StreamConfig) (*Stream, error) {
 		sentAck:   cfg.Start,
 	}
 	s.durable.Store(uint64(cfg.Start))
+	if cfg.Expect != nil {
+		id, err := identify(ctx, conn)
+		if err != nil {
+			conn.Close(context.Background())
+			return nil, fmt.Errorf("replication connection: %w", err)
+		}
+		if id.SystemID != cfg.Expect.SystemID || id.Timeline != cfg.Expect.Timeline || id.InRecovery {
+			conn.Close(context.Background())
+			return nil, &ServerChangedError{Want: cfg.Expect, Got: id}
+		}
+	}
 	err = pglogrepl.StartReplication(ctx, conn, cfg.Slot, cfg.Start, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", cfg.Publication), "messages 'true'"},
 	})

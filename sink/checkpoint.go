@@ -24,6 +24,13 @@ type Checkpoint struct {
 	Seq int64
 	// Backfills holds the cursors of running backfills, by table.
 	Backfills map[string]json.RawMessage
+	// SystemID and Timeline name the database cluster (its system
+	// identifier) and the WAL timeline the LSNs above belong to, as
+	// IDENTIFY_SYSTEM reported them when the relay streamed. After a
+	// failover they tell whether the new primary's WAL continues the
+	// checkpoint's. Empty and 0 in checkpoints of older relays: unknown.
+	SystemID string
+	Timeline uint32
 }
 
 // checkpointJSON is the stored form: LSNs in Postgres's text form, so an
@@ -35,11 +42,15 @@ type checkpointJSON struct {
 	TxNext    int                        `json:"tx_next,omitempty"`
 	Seq       int64                      `json:"seq"`
 	Backfills map[string]json.RawMessage `json:"backfills,omitempty"`
+	// Added later; older relays ignore them, and their checkpoints lack them.
+	SystemID string `json:"sysid,omitempty"`
+	Timeline uint32 `json:"tli,omitempty"`
 }
 
 // MarshalJSON writes the stored form.
 func (c Checkpoint) MarshalJSON() ([]byte, error) {
-	j := checkpointJSON{V: 1, LSN: c.LSN.String(), TxNext: c.TxNext, Seq: c.Seq, Backfills: c.Backfills}
+	j := checkpointJSON{V: 1, LSN: c.LSN.String(), TxNext: c.TxNext, Seq: c.Seq, Backfills: c.Backfills,
+		SystemID: c.SystemID, Timeline: c.Timeline}
 	if c.TxLSN != 0 {
 		j.TxLSN = c.TxLSN.String()
 	}
@@ -59,7 +70,7 @@ func (c *Checkpoint) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("checkpoint lsn %q: %w", j.LSN, err)
 	}
-	*c = Checkpoint{LSN: lsn, TxNext: j.TxNext, Seq: j.Seq, Backfills: j.Backfills}
+	*c = Checkpoint{LSN: lsn, TxNext: j.TxNext, Seq: j.Seq, Backfills: j.Backfills, SystemID: j.SystemID, Timeline: j.Timeline}
 	if j.TxLSN != "" {
 		if c.TxLSN, err = pglogrepl.ParseLSN(j.TxLSN); err != nil {
 			return fmt.Errorf("checkpoint tx_lsn %q: %w", j.TxLSN, err)

@@ -154,6 +154,7 @@ func (a *app) checkPostgres(ctx context.Context, cfg *config.Config, p *plan, r 
 	}
 	r.addPostgres(rep)
 	a.checkMappingsFitTables(ctx, cfg, conn, r)
+	a.checkFailover(ctx, cfg, conn, r)
 }
 
 // checkMappingsFitTables checks each mapping against its table's columns,

@@ -35,7 +35,8 @@ func newPlan(cfg *config.Config) (*plan, error) {
 	if err != nil {
 		return nil, err // config.Load has validated the mappings already
 	}
-	p := &plan{repl: replication.Plan{Slot: cfg.Postgres.Slot, Publication: cfg.Postgres.Publication}}
+	p := &plan{repl: replication.Plan{Slot: cfg.Postgres.Slot, Publication: cfg.Postgres.Publication,
+		FailoverSlot: cfg.Postgres.FailoverSlot == nil || *cfg.Postgres.FailoverSlot, ReplicationDSN: cfg.Postgres.DSN}}
 	p.topics = append(p.topics, sink.CheckpointTopicSpec(&cfg.Kafka))
 	seen := map[string]bool{cfg.Kafka.CheckpointTopic: true}
 	addTopic := func(name, purpose string) {

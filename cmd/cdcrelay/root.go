@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cdcrelay/cdcrelay/internal/config"
+	"github.com/cdcrelay/cdcrelay/internal/relay"
 )
 
 // Exit statuses.
@@ -19,6 +20,10 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // a runtime failure: a check failed, a server refused, ...
 	exitUsage   = 2 // a usage or configuration error
+	// exitUnsafe: run stopped because resuming would lose or repeat events
+	// (the slot is gone, invalidated or ahead of the checkpoint, or the
+	// server's WAL does not continue it); restarting will not help.
+	exitUnsafe = 3
 )
 
 const envConfig = "CDCRELAY_CONFIG"
@@ -79,6 +84,10 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	fmt.Fprintf(stderr, "cdcrelay: %v\n", err)
+	var unsafe *relay.UnsafeResumeError
+	if errors.As(err, &unsafe) {
+		return exitUnsafe
+	}
 	return exitFailure
 }
 
@@ -99,7 +108,9 @@ repository). A typical start:
   cdcrelay setup      # create the publication, the slot and the Kafka topics
   cdcrelay run        # stream
 
-Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.`,
+Exit status: 0 success, 1 runtime failure, 2 usage or configuration error,
+3 run stopped because resuming would lose or repeat events (the message says
+what to do).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {

@@ -28,6 +28,15 @@ resumes from it. If the slot has been moved past the checkpoint (by hand, or by
 re-creating it), changes in between were never published: run refuses to start
 unless --allow-slot-ahead accepts that loss.
 
+With several hosts in postgres.dsn it streams from whichever is the primary.
+After a failover it reconnects with backoff, checks that the slot exists on
+the new primary and that its timeline history continues the checkpoint, and
+resumes from the checkpoint. A missing or invalidated slot, a slot ahead of
+the checkpoint, another database cluster or a timeline that forked before
+the checkpoint stop it with exit status 3 and the way out; it never creates
+a slot by itself. --allow-slot-ahead continues from the slot (or the fork)
+instead, accepting the loss.
+
 Only one relay streams from a slot. A second one with the same configuration
 exits with an error, or, with --standby, waits and takes over when the active
 one goes away (within about 10 seconds of its death, even by SIGKILL or the
@@ -91,7 +100,7 @@ Run 'cdcrelay setup' first. Logs go to stderr (--log-level, --log-format).`,
 		},
 	}
 	cmd.Flags().BoolVar(&opts.AllowSlotAhead, "allow-slot-ahead", false,
-		"start even when the slot is ahead of the Kafka checkpoint, accepting that the changes in between are lost")
+		"start even when the slot is ahead of the Kafka checkpoint, or the checkpoint cannot be followed on this server (another cluster, a forked timeline), continuing from the slot (or the fork) and accepting that the changes in between are lost")
 	cmd.Flags().BoolVar(&opts.Standby, "standby", false, "wait while another relay streams from the slot, and take over when it stops")
 	return cmd
 }

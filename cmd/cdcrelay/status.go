@@ -21,6 +21,8 @@ type statusOut struct {
 	Slot        *replication.SlotInfo        `json:"slot"`
 	Publication *replication.PublicationInfo `json:"publication"`
 	Checkpoint  *checkpointOut               `json:"checkpoint"`
+	// Failover: whether the slot survives a failover to the standbys.
+	Failover *replication.FailoverReport `json:"failover,omitempty"`
 	// Running is what the running relay's metrics endpoint reports, when
 	// metrics.listen is set and a relay answers there.
 	Running *runningOut `json:"running,omitempty"`
@@ -123,6 +125,8 @@ func readStatus(ctx context.Context, cfg *config.Config) *statusOut {
 			st.Errors["postgres"] = err.Error()
 		} else if st.Publication, err = replication.PublicationStatus(pctx, conn, cfg.Postgres.Publication); err != nil {
 			st.Errors["postgres"] = err.Error()
+		} else {
+			st.Failover = readFailover(pctx, cfg, conn)
 		}
 	}
 
@@ -161,7 +165,7 @@ func statusWarnings(cfg *config.Config, st *statusOut) []string {
 		switch {
 		case !s.Exists:
 			w = append(w, fmt.Sprintf("replication slot %s does not exist: run `cdcrelay setup`", s.Slot))
-		case s.WALStatus == "lost":
+		case s.Invalidated():
 			w = append(w, fmt.Sprintf("replication slot %s is LOST: the server removed WAL the relay had not read yet, so changes were never published and the relay cannot continue from this slot. "+
 				"Recover: stop the relay; `cdcrelay teardown --yes` (drops the lost slot and the publication); `cdcrelay setup`; "+
 				"`cdcrelay run --allow-slot-ahead` (the new slot starts now, ahead of the Kafka checkpoint); then `cdcrelay backfill` each mapped table "+
@@ -184,6 +188,13 @@ func statusWarnings(cfg *config.Config, st *statusOut) []string {
 		if s.Exists && st.Checkpoint != nil && st.Checkpoint.Found && s.ConfirmedFlushLSN > st.Checkpoint.lsn {
 			w = append(w, fmt.Sprintf("the slot (%s) is ahead of the Kafka checkpoint (%s): someone moved it, changes in between were not published; `cdcrelay run` refuses to start without --allow-slot-ahead",
 				s.ConfirmedFlushLSN, st.Checkpoint.LSN))
+		}
+	}
+	if f := st.Failover; f != nil {
+		for _, c := range f.Checks {
+			if c.Status != replication.CheckOK {
+				w = append(w, failoverWarning(c))
+			}
 		}
 	}
 	if p := st.Publication; p != nil && !p.Exists {
@@ -221,6 +232,7 @@ func printStatus(w io.Writer, cfg *config.Config, st *statusOut) {
 			row("safe_wal_size", bytesText(*s.SafeWALSize))
 		}
 	}
+	printFailover(w, st.Failover)
 	if p := st.Publication; p != nil {
 		fmt.Fprintf(w, "Publication %s\n", p.Name)
 		switch {

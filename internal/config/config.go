@@ -48,6 +48,14 @@ type Postgres struct {
 	// IdleCheckpointInterval: while the mapped tables are quiet, the relay
 	// checkpoints the server's WAL position this often so the slot can advance.
 	IdleCheckpointInterval Duration `toml:"idle_checkpoint_interval"` // default 10s
+	// FailoverSlot makes the slot a failover slot on PostgreSQL 17 and later
+	// (synchronized to standbys with sync_replication_slots = on, so it
+	// survives a failover); ignored on older servers. Default true.
+	FailoverSlot *bool `toml:"failover_slot"`
+	// StandbyDSNs are the primary's physical standbys, for check and status
+	// to verify that the slot will be there after a failover. Empty: the
+	// other hosts of a multi-host DSN.
+	StandbyDSNs []string `toml:"standby_dsns"`
 }
 
 // Kafka is the destination cluster and how the relay writes to it.

@@ -152,6 +152,8 @@ func applyDefaults(c *Config, ix *index) {
 	str(&c.Postgres.Publication, "postgres.publication", SlotName(name))
 	dur(&c.Postgres.StatusInterval, "postgres.status_interval", DefaultStatusInterval)
 	dur(&c.Postgres.IdleCheckpointInterval, "postgres.idle_checkpoint_interval", DefaultIdleCheckpointInterval)
+	boolean(&c.Postgres.FailoverSlot, true)
+	c.Postgres.DSN = FollowPrimary(c.Postgres.DSN)
 
 	k := &c.Kafka
 	str(&k.ClientID, "kafka.client_id", KafkaID(name))

@@ -15,6 +15,12 @@ const Mask = "xxxxx"
 func (c *Config) Redacted() *Config {
 	r := *c
 	r.Postgres.DSN = RedactDSN(c.Postgres.DSN)
+	if c.Postgres.StandbyDSNs != nil {
+		r.Postgres.StandbyDSNs = make([]string, len(c.Postgres.StandbyDSNs))
+		for i, dsn := range c.Postgres.StandbyDSNs {
+			r.Postgres.StandbyDSNs[i] = RedactDSN(dsn)
+		}
+	}
 	if r.Kafka.SASL.Password != "" {
 		r.Kafka.SASL.Password = Mask
 	}

@@ -16,6 +16,15 @@ func validatePostgres(v *validator, p *Postgres) {
 	if v.required("postgres.dsn", p.DSN, ` (a libpq URL such as "postgres://cdcrelay@127.0.0.1:5432/shop", or "postgres://" to take everything from PG* variables)`) {
 		if _, err := pgconn.ParseConfig(p.DSN); err != nil {
 			v.add("postgres.dsn", "is not a valid libpq connection string: %s", scrub(err.Error(), p.DSN))
+		} else if attrs := targetSessionAttrs(p.DSN); len(dsnHosts(p.DSN)) > 1 && attrs != "primary" && attrs != "read-write" {
+			v.add("postgres.dsn", "names several hosts with target_session_attrs=%s: the relay must reach the primary; "+
+				"use target_session_attrs=primary (the default with several hosts) or read-write", attrs)
+		}
+	}
+	for i, dsn := range p.StandbyDSNs {
+		key := fmt.Sprintf("postgres.standby_dsns[%d]", i)
+		if _, err := pgconn.ParseConfig(dsn); err != nil {
+			v.add(key, "is not a valid libpq connection string: %s", scrub(err.Error(), dsn))
 		}
 	}
 	if v.required("postgres.slot", p.Slot, "") {

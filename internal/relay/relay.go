@@ -168,7 +168,12 @@ func (s *session) run(ctx context.Context, lock *leaderLock) error {
 	if err != nil {
 		return err
 	}
-	slot, err := readSlot(ctx, lock.conn, pg.Slot)
+	srv, err := s.identifyPrimary(ctx, lock)
+	if err != nil {
+		return err
+	}
+	s.log.Info("connected to the primary", "addr", srv.Addr, "system_identifier", srv.SystemID, "timeline", srv.Timeline, "wal", srv.WALPos.String())
+	slot, err := loadSlot(ctx, lock.conn, pg.Slot)
 	if err != nil {
 		return err
 	}
@@ -183,20 +188,11 @@ func (s *session) run(ctx context.Context, lock *leaderLock) error {
 			return &FatalError{Err: err}
 		}
 	}
-	switch {
-	case !found:
-		cp = sink.Checkpoint{LSN: slot.confirmedFlush}
-		s.log.Info("no checkpoint in kafka yet; starting at the slot's position", "slot", pg.Slot, "lsn", cp.LSN.String())
-	case slot.confirmedFlush > cp.LSN && !s.opts.AllowSlotAhead:
-		return fatal("slot %s is at %s, ahead of the kafka checkpoint %s: changes between the two were never published "+
-			"(was the slot advanced or re-created by hand?); start with --allow-slot-ahead to accept the loss and continue from the slot",
-			pg.Slot, slot.confirmedFlush, cp.LSN)
-	case slot.confirmedFlush > cp.LSN:
-		s.log.Warn("slot is ahead of the kafka checkpoint; continuing from the slot as --allow-slot-ahead says", "slot", pg.Slot, "lsn", slot.confirmedFlush.String(), "checkpoint", cp.String())
-		cp = sink.Checkpoint{LSN: slot.confirmedFlush, Seq: cp.Seq, Backfills: cp.Backfills}
-	default:
-		s.log.Info("resuming from kafka checkpoint", "slot", pg.Slot, "lsn", cp.LSN.String(), "checkpoint", cp.String(), "slot_lsn", slot.confirmedFlush.String())
+	if cp, err = s.resumePoint(cp, found, slot, srv); err != nil {
+		return err
 	}
+	// From here on the checkpoints name the server's cluster and timeline.
+	cp.SystemID, cp.Timeline = srv.SystemID, srv.Timeline
 	s.durable = cp
 	// Lose the lock, lose the right to publish: stop at once. (The lock's
 	// connection is the watcher's from here on.)
@@ -210,7 +206,7 @@ func (s *session) run(ctx context.Context, lock *leaderLock) error {
 		<-watchDone
 	}()
 
-	stream, err := s.openStream(ctx, cp.LSN)
+	stream, err := s.openStream(ctx, cp.LSN, srv)
 	if err != nil {
 		return err
 	}
@@ -229,13 +225,13 @@ func (s *session) run(ctx context.Context, lock *leaderLock) error {
 // openStream starts replication. We hold the relay lock, so a slot that is
 // still in use is most likely held by the walsender of a relay that just died
 // and whose exit Postgres has not yet noticed: wait for it, within reason.
-func (s *session) openStream(ctx context.Context, start replication.LSN) (*replication.Stream, error) {
+func (s *session) openStream(ctx context.Context, start replication.LSN, srv *replication.ServerIdentity) (*replication.Stream, error) {
 	pg := &s.cfg.Postgres
 	deadline := time.Now().Add(slotBusyWait)
 	for {
 		stream, err := replication.Open(ctx, replication.StreamConfig{
 			DSN: pg.DSN, Slot: pg.Slot, Publication: pg.Publication,
-			Start: start, StatusInterval: pg.StatusInterval.Duration,
+			Start: start, StatusInterval: pg.StatusInterval.Duration, Expect: srv,
 		})
 		if err == nil || !errors.Is(err, replication.ErrSlotInUse) {
 			return stream, err
@@ -331,28 +327,4 @@ func databaseName(dsn string) string {
 		return ""
 	}
 	return pc.Database
-}
-
-type slotInfo struct {
-	confirmedFlush replication.LSN
-}
-
-func readSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotInfo, error) {
-	var lsn *string
-	var plugin string
-	err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text, coalesce(plugin, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lsn, &plugin)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return slotInfo{}, fatal("replication slot %s does not exist: run `cdcrelay setup` first", slot)
-	}
-	if err != nil {
-		return slotInfo{}, fmt.Errorf("read slot %s: %w", slot, err)
-	}
-	if plugin != "pgoutput" || lsn == nil {
-		return slotInfo{}, fatal("replication slot %s is not a pgoutput logical slot (plugin %q)", slot, plugin)
-	}
-	l, err := replication.ParseLSN(*lsn)
-	if err != nil {
-		return slotInfo{}, err
-	}
-	return slotInfo{confirmedFlush: l}, nil
 }

@@ -24,6 +24,12 @@
 //     proxy's, so that clients which learn broker addresses from metadata keep
 //     going through it.
 //
+// The server matrix: besides the machine's PostgreSQL, `make pg-builds` unpacks
+// the server builds pinned in testdata/postgres/versions.txt (initdb, pg_ctl and
+// postgres only); [PostgresBuildFor] and [NewPostgresVersion] start one of a
+// given major version, and [NewStandby] adds a streaming standby to a private
+// server by a cold copy of its data directory (no pg_basebackup needed).
+//
 // Postgres refuses to run as root: under uid 0 the cluster runs as the OS user
 // cdcrelaypg, created on first use. Every server lives in its own directory under
 // CDCRELAY_TESTENV_DIR (else the system temp dir); `devenv down --dir DIR` stops
@@ -40,6 +46,10 @@
 //	                               that `make kafka-jars` fills, see [DefaultKafkaJarDir])
 //	CDCRELAY_REGISTRY_DIST         the unpacked Apicurio Registry (default: the cache that
 //	                               `make registry-dist` fills, see [DefaultRegistryDistDir])
+//	CDCRELAY_TEST_PG_MATRIX        one shared Postgres per major version, "14=DSN 15=DSN ..."
+//	                               (devenv up --pg-matrix; see [PostgresMatrix])
 //	CDCRELAY_PG_BIN                directory with initdb, pg_ctl, postgres (default: found on PATH)
+//	CDCRELAY_PG_BUILDS             directory of the pinned server builds, postgres-<version>/
+//	                               (default: the cache `make pg-builds` fills)
 //	CDCRELAY_TESTENV_DIR           parent directory for the servers' own directories
 package testenv

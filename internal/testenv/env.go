@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +26,9 @@ const (
 	EnvDir            = "CDCRELAY_TESTENV_DIR"
 	EnvRegistryURL    = "CDCRELAY_TEST_REGISTRY_URL"
 	EnvRegistryDist   = "CDCRELAY_REGISTRY_DIST"
+	// EnvPostgresMatrix lists one shared server per major version of the
+	// test matrix, "MAJOR=DSN" separated by spaces (set by make test).
+	EnvPostgresMatrix = "CDCRELAY_TEST_PG_MATRIX"
 )
 
 // unavailable ends a test that cannot get a server: it fails when
@@ -54,7 +59,13 @@ func PostgresDSN(t testing.TB) string {
 // slots (slots pin WAL on a server that every package shares).
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	admin := PostgresDSN(t)
+	return NewDatabaseOn(t, PostgresDSN(t))
+}
+
+// NewDatabaseOn is [NewDatabase] on the server of the superuser DSN admin,
+// e.g. one of [PostgresMatrix].
+func NewDatabaseOn(t testing.TB, admin string) string {
+	t.Helper()
 	name := UniqueName(t, "db")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -262,4 +273,54 @@ func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		}
 	})
 	return r
+}
+
+// MatrixServer is the shared server of one major version of the test matrix.
+type MatrixServer struct {
+	Major int
+	DSN   string // superuser DSN, database "postgres"
+}
+
+// Name is "pg14", "pg15", ...: a subtest's name.
+func (m MatrixServer) Name() string { return fmt.Sprintf("pg%d", m.Major) }
+
+// PostgresMatrix returns the shared servers of the test matrix
+// ($CDCRELAY_TEST_PG_MATRIX: one per major version, 14 to 18, the shared
+// server of [PostgresDSN] among them), ordered by major version. Tests of
+// what must work on every supported version run once per server, in
+// parallel subtests, each in a database of its own ([NewDatabaseOn]).
+func PostgresMatrix(t testing.TB) []MatrixServer {
+	t.Helper()
+	v := os.Getenv(EnvPostgresMatrix)
+	servers, err := parseMatrix(v)
+	if err != nil {
+		t.Fatalf("testenv: %s: %v", EnvPostgresMatrix, err)
+	}
+	if len(servers) == 0 {
+		unavailable(t, "%s is not set: no server matrix", EnvPostgresMatrix)
+	}
+	return servers
+}
+
+func parseMatrix(v string) ([]MatrixServer, error) {
+	var out []MatrixServer
+	for _, f := range strings.Fields(v) {
+		major, dsn, ok := strings.Cut(f, "=")
+		n, err := strconv.Atoi(major)
+		if !ok || err != nil || dsn == "" {
+			return nil, fmt.Errorf("%q: want MAJOR=DSN", f)
+		}
+		out = append(out, MatrixServer{Major: n, DSN: dsn})
+	}
+	slices.SortFunc(out, func(a, b MatrixServer) int { return a.Major - b.Major })
+	return out, nil
+}
+
+// FormatMatrix is the value of $CDCRELAY_TEST_PG_MATRIX for servers.
+func FormatMatrix(servers []MatrixServer) string {
+	parts := make([]string, len(servers))
+	for i, s := range servers {
+		parts[i] = fmt.Sprintf("%d=%s", s.Major, s.DSN)
+	}
+	return strings.Join(parts, " ")
 }

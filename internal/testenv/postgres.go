@@ -42,6 +42,10 @@ type PostgresOptions struct {
 	// Settings are further postgresql.conf settings, e.g.
 	// {"max_slot_wal_keep_size": "64MB"}; they override the ones above.
 	Settings map[string]string
+	// BinDir holds the initdb, pg_ctl and postgres to run (default:
+	// [PostgresBinDir], the machine's server); [PostgresBuildFor] finds the
+	// builds of the test matrix.
+	BinDir string
 }
 
 // Postgres is a throw-away PostgreSQL cluster. Its superuser is "postgres", with
@@ -69,9 +73,12 @@ const settingsFile = "cdcrelay.conf"
 // StartPostgres creates a cluster in a new directory and starts it. Call Close
 // to stop it and remove the directory.
 func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error) {
-	bin, err := PostgresBinDir()
-	if err != nil {
-		return nil, err
+	bin := opts.BinDir
+	var err error
+	if bin == "" {
+		if bin, err = PostgresBinDir(); err != nil {
+			return nil, err
+		}
 	}
 	osUser, uid, gid, err := serverOSUser()
 	if err != nil {

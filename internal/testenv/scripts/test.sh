@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh [go test flags and packages]: run the tests against real servers.
 #
-# Starts a private Postgres and Kafka (devenv up) in a temp dir, exports their
+# Starts a private Postgres and Kafka (devenv up), plus one Postgres per pinned
+# server build of the test matrix (--pg-matrix), in a temp dir, exports their
 # addresses plus CDCRELAY_TEST_REQUIRE_SERVERS=1 (a test that cannot reach a
 # server fails instead of skipping), runs go test, and always stops the servers
 # afterwards (devenv down), also when the tests fail or the run is interrupted.
@@ -26,7 +27,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 go build -o "$devenv" ./internal/testenv/cmd/devenv
-"$devenv" up --dir "$tmp/env"
+"$devenv" up --dir "$tmp/env" --pg-matrix
 
 # shellcheck source=/dev/null
 . "$tmp/env/env.sh"

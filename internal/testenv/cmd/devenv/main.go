@@ -4,6 +4,9 @@
 // dev-up` / `make dev-down`.
 //
 //	devenv up --dir DIR     start them, write DIR/env.sh, print the addresses
+//	devenv up --dir DIR --pg-matrix
+//	                        also one Postgres per pinned server build
+//	                        (testdata/postgres/versions.txt), for make test
 //	devenv down --dir DIR   stop every server under DIR and remove DIR
 //
 // DIR/env.sh exports CDCRELAY_TEST_PG_DSN, CDCRELAY_TEST_KAFKA_BROKERS,
@@ -29,7 +32,9 @@ import (
 	"github.com/cdcrelay/cdcrelay/internal/testenv"
 )
 
-const usage = `usage: devenv up --dir DIR     start Postgres and Kafka in the background
+const usage = `usage: devenv up --dir DIR [--pg-matrix]
+                          start Postgres and Kafka in the background (and
+                          one Postgres per pinned build of the test matrix)
        devenv down --dir DIR   stop them (and any other server under DIR), remove DIR`
 
 func main() {
@@ -39,6 +44,7 @@ func main() {
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	dir := fs.String("dir", "", "directory for the servers, their logs and env.sh")
+	matrix := fs.Bool("pg-matrix", false, "up: also start one Postgres per pinned server build")
 	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage) }
 	_ = fs.Parse(os.Args[2:])
 	if *dir == "" || fs.NArg() > 0 {
@@ -53,7 +59,7 @@ func main() {
 	defer stop()
 	switch os.Args[1] {
 	case "up":
-		err = up(ctx, abs)
+		err = up(ctx, abs, *matrix)
 	case "down":
 		err = down(ctx, abs)
 	default:
@@ -83,9 +89,11 @@ type state struct {
 	KafkaPID     int      `json:"kafka_pid"`
 	RegistryURL  string   `json:"registry_url"`
 	RegistryDir  string   `json:"registry_dir"`
+	// PostgresMatrix: one server per major version, the main one among them.
+	PostgresMatrix []testenv.MatrixServer `json:"postgres_matrix,omitempty"`
 }
 
-func up(ctx context.Context, dir string) error {
+func up(ctx context.Context, dir string, matrix bool) error {
 	stateFile := filepath.Join(dir, "devenv.json")
 	if b, err := os.ReadFile(stateFile); err == nil {
 		var st state
@@ -139,12 +147,27 @@ func up(ctx context.Context, dir string) error {
 		r, err := testenv.StartRegistry(ctx, testenv.RegistryOptions{ParentDir: dir, Detach: true})
 		rc <- registryResult{r, err}
 	}()
+	var matrixc chan matrixResult
+	if matrix {
+		matrixc = make(chan matrixResult, 1)
+		go func() {
+			servers, err := startMatrix(ctx, dir)
+			matrixc <- matrixResult{servers, err}
+		}()
+	}
 	kafka, kerr := testenv.StartKafka(ctx, testenv.KafkaOptions{ParentDir: dir, Detach: true})
 	pr := <-pgc
 	rr := <-rc
-	if err := errors.Join(pr.err, kerr, rr.err); err != nil {
+	var mr matrixResult
+	if matrixc != nil {
+		mr = <-matrixc
+	}
+	if err := errors.Join(pr.err, kerr, rr.err, mr.err); err != nil {
 		if pr.pg != nil {
 			pr.pg.Close()
+		}
+		for _, m := range mr.servers {
+			m.pg.Close()
 		}
 		if kafka != nil {
 			kafka.Close()
@@ -169,6 +192,16 @@ func up(ctx context.Context, dir string) error {
 		RegistryURL:  rr.r.URL(),
 		RegistryDir:  rr.r.Dir(),
 	}
+	if matrix {
+		main, err := testenv.MachinePostgres()
+		if err != nil {
+			return err
+		}
+		st.PostgresMatrix = append(st.PostgresMatrix, testenv.MatrixServer{Major: main.Major, DSN: pg.DSN("postgres")})
+		for _, m := range mr.servers {
+			st.PostgresMatrix = append(st.PostgresMatrix, testenv.MatrixServer{Major: m.build.Major, DSN: m.pg.DSN("postgres")})
+		}
+	}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	err := errors.Join(
 		os.WriteFile(stateFile, append(b, '\n'), 0o644),
@@ -183,8 +216,63 @@ func up(ctx context.Context, dir string) error {
 }
 
 func printState(dir string, st state) {
-	fmt.Printf("  postgres: %s\n  kafka:    %s\n  registry: %s\n  use:      . %s\n",
-		st.PostgresDSN, strings.Join(st.KafkaBrokers, ","), st.RegistryURL, filepath.Join(dir, "env.sh"))
+	fmt.Printf("  postgres: %s\n  kafka:    %s\n  registry: %s\n", st.PostgresDSN, strings.Join(st.KafkaBrokers, ","), st.RegistryURL)
+	for _, m := range st.PostgresMatrix {
+		fmt.Printf("  pg%d:     %s\n", m.Major, m.DSN)
+	}
+	fmt.Printf("  use:      . %s\n", filepath.Join(dir, "env.sh"))
+}
+
+type matrixServer struct {
+	build testenv.PostgresBuild
+	pg    *testenv.Postgres
+}
+
+type matrixResult struct {
+	servers []matrixServer
+	err     error
+}
+
+// startMatrix starts one server per pinned build (the machine's own server
+// is the main one), all at once: each initdb and start takes about a second.
+func startMatrix(ctx context.Context, dir string) ([]matrixServer, error) {
+	builds, err := testenv.PostgresBuilds()
+	if err != nil {
+		return nil, err
+	}
+	local, err := testenv.MachinePostgres()
+	if err != nil {
+		return nil, err
+	}
+	var pinned []testenv.PostgresBuild
+	for _, b := range builds {
+		if b.BinDir != local.BinDir {
+			pinned = append(pinned, b)
+		}
+	}
+	out := make([]matrixServer, len(pinned))
+	errs := make([]error, len(pinned))
+	done := make(chan int, len(pinned))
+	for i, b := range pinned {
+		go func() {
+			pg, err := testenv.StartPostgres(ctx, testenv.PostgresOptions{ParentDir: dir, BinDir: b.BinDir})
+			out[i], errs[i] = matrixServer{build: b, pg: pg}, err
+			if err != nil {
+				errs[i] = fmt.Errorf("PostgreSQL %s: %w", b.Version, err)
+			}
+			done <- i
+		}()
+	}
+	for range pinned {
+		<-done
+	}
+	var started []matrixServer
+	for i := range out {
+		if out[i].pg != nil {
+			started = append(started, out[i])
+		}
+	}
+	return started, errors.Join(errs...)
 }
 
 func envScript(dir string, st state) string {
@@ -196,6 +284,9 @@ func envScript(dir string, st state) string {
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvKafkaJars, q(st.KafkaJars))
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvRegistryURL, q(st.RegistryURL))
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvPostgresBin, q(st.PostgresBin))
+	if len(st.PostgresMatrix) > 0 {
+		fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvPostgresMatrix, q(testenv.FormatMatrix(st.PostgresMatrix)))
+	}
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvDir, q(filepath.Join(dir, "private")))
 	fmt.Fprintf(&b, "export CDCRELAY_PG_DATA=%s\n", q(st.PostgresData))
 	fmt.Fprintf(&b, "export CDCRELAY_PG_OS_USER=%s\n", q(st.PostgresUser))
