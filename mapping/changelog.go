@@ -203,13 +203,14 @@ func (r *rule) mapChangelog(v *rowView) ([]Event, error) {
 		b.avro = appendAvroNullable(a, after)
 	}
 
+	r.readTrace(v, b)
 	ev, err := r.event(b)
 	if err != nil {
 		return nil, err
 	}
 	evs := []Event{ev}
 	if op == "delete" && *cl.Tombstones && b.key != nil {
-		evs = append(evs, Event{Topic: b.topic, Key: b.key, Timestamp: b.time})
+		evs = append(evs, r.tombstone(b, b.key, nil))
 	}
 	return evs, nil
 }

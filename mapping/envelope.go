@@ -51,14 +51,32 @@ type built struct {
 	headers    []Header // the kind's own headers, in every envelope
 	rawHeaders []Header // headers only envelope "raw" carries (op, unchanged_toast)
 
-	avro     []byte    // the value in envelope "avro" (Avro binary)
-	contract *Contract // envelopes "avro" and "json-schema"
+	avro         []byte       // the value in envelope "avro" (Avro binary)
+	contract     *Contract    // envelopes "avro" and "json-schema"
+	trace        TraceContext // the row's trace context (see readTrace)
+	traceHeaders []Header     // traceparent and tracestate, as the row had them
+	correlation  string       // the correlation id from trace.correlation_id_column
+}
+
+// tombstone is the null-valued record for key that follows (or precedes)
+// change b's event; it carries the change's trace context and correlation id.
+// contract is the key's schema contract (registry envelopes), or nil.
+func (r *rule) tombstone(b *built, key []byte, contract *Contract) Event {
+	ev := Event{Topic: b.topic, Key: key, Timestamp: b.time, Trace: b.trace, CorrelationID: b.correlation, Contract: contract}
+	if b.correlation != "" {
+		ev.Headers = append(ev.Headers, Header{Key: r.spec.Trace.CorrelationIDHeader, Value: []byte(b.correlation)})
+	}
+	ev.Headers = append(ev.Headers, b.traceHeaders...)
+	return ev
 }
 
 // event applies the mapping's envelope and its headers.
 func (r *rule) event(b *built) (Event, error) {
-	ev := Event{Topic: b.topic, Key: b.key, Timestamp: b.time}
+	ev := Event{Topic: b.topic, Key: b.key, Timestamp: b.time, ID: b.id, Trace: b.trace, CorrelationID: b.correlation}
 	ev.Headers = append(ev.Headers, b.headers...)
+	if b.correlation != "" {
+		ev.Headers = append(ev.Headers, Header{Key: r.spec.Trace.CorrelationIDHeader, Value: []byte(b.correlation)})
+	}
 	switch r.spec.Envelope {
 	case EnvelopeRaw:
 		ev.Value = b.raw
@@ -100,6 +118,7 @@ func (r *rule) event(b *built) (Event, error) {
 			ev.Headers = append([]Header{{Key: "content-type", Value: []byte("application/cloudevents+json; charset=utf-8")}}, ev.Headers...)
 		}
 	}
+	ev.Headers = append(ev.Headers, b.traceHeaders...)
 	for _, h := range r.headers {
 		v, err := h.t.expand(b.env)
 		if errors.Is(err, errTemplateNull) || errors.Is(err, errAbsent) {
@@ -109,6 +128,9 @@ func (r *rule) event(b *built) (Event, error) {
 			return Event{}, fmt.Errorf("header %q: %w", h.name, err)
 		}
 		ev.Headers = append(ev.Headers, Header{Key: h.name, Value: []byte(v)})
+		if ev.CorrelationID == "" && h.name == r.spec.Trace.CorrelationIDHeader {
+			ev.CorrelationID = v // the correlation id is this header's template
+		}
 	}
 	return ev, nil
 }

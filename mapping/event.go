@@ -19,6 +19,16 @@ type Event struct {
 	// "json-schema", outbox payload_schema = "registry"): package schema's
 	// encoder does that before the event is sent.
 	Contract *Contract
+
+	// ID is the event's id (the outbox id column, the changelog id column,
+	// or the change's position); "" for tombstones and dead letters.
+	ID string
+	// Trace is the W3C trace context the row carried (its traceparent and
+	// tracestate headers are among Headers); zero when it carried none.
+	Trace TraceContext
+	// CorrelationID is the value of the mapping's correlation id (also a
+	// header), "" when it has none.
+	CorrelationID string
 }
 
 // Header is a Kafka record header.

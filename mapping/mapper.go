@@ -49,6 +49,9 @@ type relInfo struct {
 	idx   map[string]int
 	probs []relProblem
 	reg   *relContract // the registry envelopes' schemas
+	// traced: the table has one of the mapping's trace columns (most have
+	// none, and then no row needs looking at for them).
+	traced bool
 }
 
 // maxCachedRelations bounds the cache: every session and every ALTER TABLE
@@ -70,6 +73,11 @@ func (m *Mapper) relation(rel *replication.Relation) *relInfo {
 		if r.spec.registryEnvelope() {
 			ri.reg = r.contractFor(rel, ri.idx)
 		}
+		for _, col := range r.spec.Trace.columns() {
+			if _, ok := ri.idx[col]; ok && col != "" {
+				ri.traced = true
+			}
+		}
 	}
 	m.relMu.Lock()
 	if m.rels == nil || len(m.rels) >= maxCachedRelations {
@@ -87,6 +95,8 @@ type options struct {
 	relayName string
 	database  string
 	warn      func(*RowError)
+	// traceInvalid hears of trace contexts left out as invalid.
+	traceInvalid func(*RowError)
 }
 
 // WithRelayName names the relay; the default dead-letter topic is
@@ -101,6 +111,14 @@ func WithDatabase(name string) Option { return func(o *options) { o.database = n
 // operator should hear about: an updated outbox or changelog row with
 // on_update = "warn". The daemon logs them (and counts them).
 func WithWarnFunc(f func(*RowError)) Option { return func(o *options) { o.warn = f } }
+
+// WithTraceContextFunc receives the rows whose trace context (traceparent,
+// tracestate or Debezium's span context column) is invalid: their events
+// are published without it. The daemon counts them. It is called from Map,
+// so it must be cheap and safe for concurrent use.
+func WithTraceContextFunc(f func(*RowError)) Option {
+	return func(o *options) { o.traceInvalid = f }
+}
 
 type rule struct {
 	spec     Spec
@@ -278,7 +296,7 @@ func (m *Mapper) Map(c *replication.Change) ([]Event, error) {
 		return nil, nil
 	}
 	c = keyOnlyOld(c)
-	v := &rowView{c: c, rel: c.Relation, idx: ri.idx, reg: ri.reg}
+	v := &rowView{c: c, rel: c.Relation, idx: ri.idx, reg: ri.reg, traced: ri.traced}
 	if probs := ri.probs; len(probs) > 0 {
 		p := probs[0]
 		return nil, &RowError{Table: r.spec.Table, Pos: c.Pos, Column: p.column,
@@ -375,6 +393,7 @@ func (r *rule) checkRelation(rel *replication.Relation, idx map[string]int) []re
 	tmpl("outbox.payload_subject", r.payloadSubject)
 	tmpl("cloudevents.source", r.ceSource)
 	tmpl("cloudevents.type", r.ceType)
+	r.checkTraceRelation(need)
 	s := &r.spec
 	switch s.Kind {
 	case KindOutbox:

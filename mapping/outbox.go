@@ -148,6 +148,7 @@ func (r *rule) mapOutbox(v *rowView) ([]Event, error) {
 		j = append(j, pj...)
 		b.json = append(j, '}')
 	}
+	r.readTrace(v, b)
 	ev, err := r.event(b)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,8 @@ type rowView struct {
 	rel *replication.Relation
 	idx map[string]int
 	reg *relContract // envelopes "avro" and "json-schema"
+	// traced: the relation has a trace column of the mapping (readTrace).
+	traced bool
 }
 
 // keyOnlyOld returns c with the columns that its old row did not carry

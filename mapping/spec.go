@@ -42,6 +42,7 @@ type Spec struct {
 	Rows        TableSpec       `toml:"rows"`
 	CloudEvents CloudEventsSpec `toml:"cloudevents"`
 	Schema      SchemaSpec      `toml:"schema"`
+	Trace       TraceSpec       `toml:"trace"`
 }
 
 // SchemaSpec tunes the envelopes "avro" and "json-schema".
@@ -315,6 +316,20 @@ func (s *Spec) normalize(db string) []error {
 		}
 	default:
 		add(kerr("envelope", "%q is not one of %q, %q, %q, %q, %q, %q", s.Envelope, EnvelopeRaw, EnvelopeJSON, EnvelopeCEBinary, EnvelopeCEStructed, EnvelopeAvro, EnvelopeJSONSchema))
+	}
+
+	for _, err := range s.Trace.normalize(s.Kind) {
+		add(err)
+	}
+	if t := &s.Trace; t.CorrelationIDColumn != "" {
+		for name := range s.Headers {
+			if strings.EqualFold(name, t.CorrelationIDHeader) {
+				add(kerr("trace.correlation_id_column", "header %q is also a template in [mapping.headers]: use one of the two", name))
+			}
+		}
+		if slices.Contains(s.reservedHeaders(), strings.ToLower(t.CorrelationIDHeader)) {
+			add(kerr("trace.correlation_id_header", "header %q is set by the mapping itself (kind %q, envelope %q)", t.CorrelationIDHeader, s.Kind, s.Envelope))
+		}
 	}
 
 	for _, name := range sortedKeys(s.Headers) {

@@ -111,6 +111,7 @@ func (r *rule) mapTable(v *rowView) ([]Event, error) {
 		b.rawHeaders = append(b.rawHeaders, Header{Key: "unchanged_toast", Value: appendNames(nil, unchanged)})
 	}
 
+	r.readTrace(v, b)
 	ev, err := r.event(b)
 	if err != nil {
 		return nil, err
@@ -123,12 +124,12 @@ func (r *rule) mapTable(v *rowView) ([]Event, error) {
 	var evs []Event
 	if c.Op == replication.OpUpdate && tombstones && b.key != nil {
 		if old, ok := r.oldKey(v); ok && !bytes.Equal(old, b.key) {
-			evs = append(evs, Event{Topic: b.topic, Key: old, Timestamp: b.time, Contract: tomb})
+			evs = append(evs, r.tombstone(b, old, tomb))
 		}
 	}
 	evs = append(evs, ev)
 	if c.Op == replication.OpDelete && tombstones && b.key != nil {
-		evs = append(evs, Event{Topic: b.topic, Key: b.key, Timestamp: b.time, Contract: tomb})
+		evs = append(evs, r.tombstone(b, b.key, tomb))
 	}
 	return evs, nil
 }

@@ -37,6 +37,7 @@ type Writer struct {
 	log    *slog.Logger
 
 	epochPerTxn bool
+	deliveries  bool          // keep each transaction's messages for Txn.Deliveries
 	prepared    chan prepared // the next producer, initialised in the background
 	current     sarama.AsyncProducer
 
@@ -93,6 +94,7 @@ func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger, opts ..
 		log:         log,
 		epochPerTxn: cfg.EpochPerTransaction == nil || *cfg.EpochPerTransaction,
 		limits:      limits,
+		deliveries:  o.deliveries,
 	}
 	// Bounded, so that a broker that accepts connections but does not answer
 	// ends the session (logged, retried) instead of holding it silently.
@@ -111,7 +113,8 @@ func NewWriter(ctx context.Context, cfg *config.Kafka, log *slog.Logger, opts ..
 type WriterOption func(*writerOptions)
 
 type writerOptions struct {
-	writes func(topic string) bool
+	writes     func(topic string) bool
+	deliveries bool
 }
 
 // WritesTopics names the topics the writer may write (by default, any): only
@@ -299,10 +302,12 @@ func topicLimits(cfg *config.Kafka) (map[string]int, error) {
 // retrying (a broker that went silent without closing the connection) is
 // given up, and the session ends instead of hanging without a word.
 type Txn struct {
-	w        *Writer
-	p        sarama.AsyncProducer
-	sent     int
-	deadline time.Time
+	w         *Writer
+	p         sarama.AsyncProducer
+	sent      int
+	deadline  time.Time
+	msgs      []*sarama.ProducerMessage // with RecordDeliveries: the messages sent, in order
+	committed bool
 
 	mu     sync.Mutex
 	failed chan struct{}
@@ -395,9 +400,12 @@ func (t *Txn) Send(ctx context.Context, ev *mapping.Event) error {
 		return fmt.Errorf("topic %s accepts record batches of at most %d bytes, less than the %d this producer batches; reconnecting with smaller batches", ev.Topic, limit, batch)
 	}
 	msg := producerMessage(ev)
+	if t.w.deliveries {
+		msg.Offset = -1 // sarama sets it from the produce response
+	}
 	select {
 	case t.p.Input() <- msg:
-		t.sent++
+		t.queued(msg)
 		return nil
 	default:
 	}
@@ -406,7 +414,7 @@ func (t *Txn) Send(ctx context.Context, ev *mapping.Event) error {
 	defer timer.Stop()
 	select {
 	case t.p.Input() <- msg:
-		t.sent++
+		t.queued(msg)
 		return nil
 	case <-t.failed:
 		return t.firstErr()
@@ -485,6 +493,7 @@ func (t *Txn) Commit(cp Checkpoint) error {
 		t.p.AsyncClose()
 		return err
 	}
+	t.committed = true
 	if t.w.epochPerTxn {
 		t.p.AsyncClose()
 		t.w.prepareNext()

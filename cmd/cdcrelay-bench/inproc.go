@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/cdcrelay/cdcrelay/internal/config"
 	"github.com/cdcrelay/cdcrelay/internal/relay"
@@ -44,7 +45,17 @@ func inProcessRelay(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	err = relay.Run(ctx, cfg, relay.Options{Logger: log})
+	opts := relay.Options{Logger: log}
+	if opts.Tracer, err = relay.NewTracer(ctx, cfg, log); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	err = relay.Run(ctx, cfg, opts)
+	if opts.Tracer != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = opts.Tracer.Shutdown(sctx)
+		cancel()
+	}
 	if *mem != "" {
 		if f, ferr := os.Create(*mem); ferr == nil {
 			runtime.GC()

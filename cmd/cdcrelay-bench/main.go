@@ -10,6 +10,7 @@
 //
 //	. .dev/env.sh && go run ./cmd/cdcrelay-bench [-only outbox-small,latency] [-scale 0.1]
 //	    [-profile DIR]   run the relay in-process under pprof (CPU + heap profiles in DIR)
+//	    [-tracing [-tracing-ratio R]]   the relay with [tracing] on, exporting to a collector in this process
 //
 // `make bench` does exactly this.
 package main
@@ -45,6 +46,8 @@ type options struct {
 	workDir    string
 	logLevel   string
 	relayLog   string
+	tracing    bool
+	traceRatio float64
 }
 
 func main() {
@@ -63,6 +66,8 @@ func main() {
 	flag.IntVar(&o.latRate, "latency-rate", 2000, "transactions per second in the latency run")
 	flag.IntVar(&o.latSecs, "latency-seconds", 20, "length of the latency run")
 	partitions := flag.Int("partitions", 3, "partitions of each event topic")
+	flag.BoolVar(&o.tracing, "tracing", false, "run the relay with [tracing] on, exporting to an OTLP/HTTP collector inside the benchmark")
+	flag.Float64Var(&o.traceRatio, "tracing-ratio", 1, "tracing.sample_ratio of a -tracing run")
 	flag.Parse()
 	o.partitions = int32(*partitions)
 	if only != "" {
@@ -112,6 +117,17 @@ func run(ctx context.Context, o *options) error {
 		if o.profileDir, err = filepath.Abs(o.profileDir); err != nil {
 			return err
 		}
+	}
+	if o.tracing {
+		c, err := startSpanCounter()
+		if err != nil {
+			return err
+		}
+		defer func() {
+			fmt.Printf("tracing: the collector received %d spans (sample_ratio %g)\n", c.spans.Load(), o.traceRatio)
+			c.close()
+		}()
+		o.extraTOML += "\n" + c.toml(o.traceRatio)
 	}
 	host, _ := os.Hostname()
 	fmt.Printf("cdcrelay-bench: %d CPU cores (GOMAXPROCS %d), %s/%s, host %s, scale %g\n",

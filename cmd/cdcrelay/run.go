@@ -74,6 +74,14 @@ Run 'cdcrelay setup' first. Logs go to stderr (--log-level, --log-format).`,
 			defer wg.Wait()
 			defer cancel()
 
+			tracer, err := relay.NewTracer(ctx, cfg, log)
+			if err != nil {
+				return err
+			}
+			if tracer != nil {
+				opts.Tracer = tracer
+				defer shutdownTracer(tracer, log)
+			}
 			if cfg.Metrics.Listen != "" {
 				m := metrics.New(metrics.Options{Relay: cfg.Relay.Name, Version: version,
 					StallAfter: max(30*time.Second, 3*cfg.Postgres.IdleCheckpointInterval.Duration)})
@@ -84,6 +92,9 @@ Run 'cdcrelay setup' first. Logs go to stderr (--log-level, --log-format).`,
 				defer srv.Close()
 				log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr())
 				opts.Observer = m
+				if tracer != nil {
+					m.Registry().MustRegister(tracer.Collectors()...)
+				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()

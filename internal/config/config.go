@@ -19,6 +19,7 @@ type Config struct {
 	Kafka    Kafka    `toml:"kafka"`
 	Batch    Batch    `toml:"batch"`
 	Metrics  Metrics  `toml:"metrics"`
+	Tracing  Tracing  `toml:"tracing"`
 	// SchemaRegistry is used by the "avro" and "json-schema" envelopes and
 	// outbox payload_schema = "registry" (registry.go).
 	SchemaRegistry SchemaRegistry `toml:"schema_registry"`

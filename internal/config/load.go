@@ -184,6 +184,8 @@ func applyDefaults(c *Config, ix *index) {
 		b.ReadAheadBytes = DefaultReadAheadBytes
 	}
 	applyRegistryDefaults(c, ix)
+
+	boolean(&c.Tracing.Enabled, ix.hasSection("tracing"))
 }
 
 var (
@@ -279,6 +281,8 @@ func validate(c *Config, ix *index) []Issue {
 
 	// [schema_registry]
 	validateRegistry(v, c)
+	// [tracing]
+	validateTracing(v, c)
 
 	// [[mapping]]
 	validateMappings(v, c)

@@ -25,6 +25,7 @@ type Metrics struct {
 	txnFailed       prometheus.Counter
 	commitSeconds   prometheus.Histogram
 	deadLettered    *prometheus.CounterVec
+	traceInvalid    *prometheus.CounterVec
 	reconnects      prometheus.Counter
 	backfillDone    *prometheus.GaugeVec
 	backfillTotal   *prometheus.GaugeVec
@@ -85,6 +86,8 @@ func New(opts Options) *Metrics {
 	m.reg.MustRegister(m.commitSeconds)
 	m.deadLettered = f.counterVec("cdcrelay_dead_lettered_events_total",
 		"Changes published to the dead-letter topic instead of their mapping's topic, by source table.", "table")
+	m.traceInvalid = f.counterVec("cdcrelay_trace_context_invalid_total",
+		"Rows whose trace context (traceparent, tracestate or Debezium's tracingspancontext) was invalid, by source table; their events were published without it.", "table")
 	m.reconnects = f.counter("cdcrelay_reconnects_total",
 		"Sessions that ended with an error and were retried (reconnect to Postgres and Kafka, resume from the checkpoint).")
 	m.backfillDone = f.gaugeVec("cdcrelay_backfill_rows_published",
@@ -179,6 +182,11 @@ func (m *Metrics) CommitFailed(error) { m.txnFailed.Inc() }
 func (m *Metrics) DeadLettered(table, _ string) {
 	// The reason is free text: as a label it would make a series per row.
 	m.deadLettered.WithLabelValues(table).Inc()
+}
+
+// TraceContextInvalid implements [relay.Observer].
+func (m *Metrics) TraceContextInvalid(table string) {
+	m.traceInvalid.WithLabelValues(table).Inc()
 }
 
 // Position implements [relay.Observer].

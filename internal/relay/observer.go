@@ -24,6 +24,9 @@ type Observer interface {
 	// BackfillProgress: rows published so far of a table's backfill, of an
 	// estimated total.
 	BackfillProgress(table string, done, total int64)
+	// TraceContextInvalid: a row of table carried an invalid trace
+	// context; its event went out without it. (Called from the mapping.)
+	TraceContextInvalid(table string)
 }
 
 // CommitInfo describes one committed Kafka transaction.
@@ -46,3 +49,4 @@ func (nopObserver) CommitFailed(error)                        {}
 func (nopObserver) DeadLettered(string, string)               {}
 func (nopObserver) Position(replication.LSN, replication.LSN) {}
 func (nopObserver) BackfillProgress(string, int64, int64)     {}
+func (nopObserver) TraceContextInvalid(string)                {}

@@ -62,6 +62,7 @@ type pipeline struct {
 	// without events (a backfill's state changed).
 	mustCheckpoint bool
 	bf             *backfiller
+	tr             eventTracer // spans of the open transaction's events
 }
 
 func newPipeline(s *session, stream *replication.Stream, w *sink.Writer) *pipeline {
@@ -75,6 +76,7 @@ func newPipeline(s *session, stream *replication.Stream, w *sink.Writer) *pipeli
 		budget:  newBudget(s.cfg.Batch.ReadAheadBytes),
 		readErr: make(chan error, 1),
 		pending: s.durable,
+		tr:      s.eventTracer(),
 	}
 }
 
@@ -324,6 +326,7 @@ func (p *pipeline) send(ctx context.Context, c *replication.Change, ev *mapping.
 		p.txn, p.txnEvents, p.txnBytes, p.txnOpened = txn, 0, 0, time.Time{}
 		p.txnTopics = map[string]int{}
 	}
+	p.tr.Start(ev, c)
 	err := p.txn.Send(ctx, ev)
 	var tl *sink.TooLargeError
 	if errors.As(err, &tl) {
@@ -334,12 +337,14 @@ func (p *pipeline) send(ctx context.Context, c *replication.Change, ev *mapping.
 		}
 		p.s.obs.DeadLettered(c.Relation.QualifiedName(), "event too large")
 		p.log.Warn("oversized event sent to the dead-letter topic", "table", c.Relation.QualifiedName(), "lsn", c.Pos.CommitLSN.String(), "topic", ev.Topic, "size", tl.Size, "limit", tl.Limit)
+		p.tr.Start(&dl, c)
 		err = p.txn.Send(ctx, &dl)
 		ev = &dl
 	}
 	if err != nil {
 		return err
 	}
+	p.tr.Sent()
 	p.txnEvents++
 	p.txnBytes += int64(ev.Size())
 	p.txnTopics[ev.Topic]++
@@ -362,11 +367,13 @@ func (p *pipeline) commit(ctx context.Context) error {
 	p.txn = nil
 	started := time.Now()
 	if err := txn.Commit(cp); err != nil {
+		p.tr.Discard() // never visible: no spans
 		err = fmt.Errorf("kafka transaction %d (checkpoint %s, %d events): %w", cp.Seq, cp, p.txnEvents, err)
 		p.s.obs.CommitFailed(err)
 		return err
 	}
 	took := time.Since(started)
+	p.tr.Committed(txn.Deliveries(), cp.Seq, cp.LSN, started, started.Add(took))
 	p.log.Debug("committed", "seq", cp.Seq, "events", p.txnEvents, "lsn", cp.LSN.String(), "took", took.String())
 	p.s.obs.Committed(CommitInfo{Seq: cp.Seq, Events: p.txnTopics, Took: took, LSN: cp.LSN, SourceCommitTime: p.lastSource})
 	p.s.obs.Position(p.serverWALEnd, cp.LSN)
@@ -395,6 +402,7 @@ func (p *pipeline) shutdown() error {
 		// transaction timeout.
 		p.txn.Abort()
 		p.txn = nil
+		p.tr.Discard()
 	}
 	return nil
 }
@@ -404,4 +412,5 @@ func (p *pipeline) abandon() {
 		p.txn.Discard()
 		p.txn = nil
 	}
+	p.tr.Discard()
 }

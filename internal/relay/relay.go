@@ -34,6 +34,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cdcrelay/cdcrelay/internal/config"
+	"github.com/cdcrelay/cdcrelay/internal/tracing"
 	"github.com/cdcrelay/cdcrelay/mapping"
 	"github.com/cdcrelay/cdcrelay/replication"
 	"github.com/cdcrelay/cdcrelay/sink"
@@ -49,6 +50,8 @@ type Options struct {
 	Logger  *slog.Logger
 	// Observer is told about sessions and commits (metrics, health).
 	Observer Observer
+	// Tracer makes spans of the relay's work ([NewTracer]); nil: off.
+	Tracer *tracing.Tracer
 }
 
 // FatalError is a failure that retrying cannot fix; `cdcrelay run` exits with it.
@@ -69,17 +72,19 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if log == nil {
 		log = slog.Default()
 	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
+	traceCtx := &traceContextReporter{log: log, obs: func() Observer { return opts.Observer }}
 	mapper, err := mapping.New(cfg.Mappings,
 		mapping.WithRelayName(cfg.Relay.Name),
+		mapping.WithTraceContextFunc(traceCtx.report),
 		mapping.WithDatabase(databaseName(cfg.Postgres.DSN)),
 		mapping.WithWarnFunc(func(e *mapping.RowError) {
 			log.Warn("row skipped", "table", e.Table, "lsn", e.Pos.CommitLSN.String(), "column", e.Column, "reason", e.Reason)
 		}))
 	if err != nil {
 		return &FatalError{Err: err}
-	}
-	if opts.Observer == nil {
-		opts.Observer = nopObserver{}
 	}
 	enc, err := newEncoder(cfg, log, opts.Observer)
 	if err != nil {
@@ -158,7 +163,7 @@ func (s *session) run(ctx context.Context, lock *leaderLock) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	w, err := sink.NewWriter(ctx, &s.cfg.Kafka, s.log, sink.WritesTopics(topicMatcher(s.mapper)))
+	w, err := sink.NewWriter(ctx, &s.cfg.Kafka, s.log, append(s.writerOptions(), sink.WritesTopics(topicMatcher(s.mapper)))...)
 	if err != nil {
 		return err
 	}
