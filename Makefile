@@ -7,6 +7,7 @@
 #   make dev-down     stop them
 #   make bench        throughput/latency/memory vs pg_recvlogical (docs/performance.md)
 #   make kafka-jars   fetch the pinned Kafka broker into the cache (done by test/dev-up)
+#   make registry-dist  fetch the pinned Apicurio Registry into the cache (done by test/dev-up)
 #   make pg-builds    fetch the pinned PostgreSQL 14/16/17/18 server builds (done by test)
 #   make vet | lint
 
@@ -24,6 +25,12 @@ CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 CDCRELAY_KAFKA_JARS ?= $(CACHE_HOME)/cdcrelay/kafka-$(KAFKA_VERSION)
 export CDCRELAY_KAFKA_JARS
 
+# The schema registry of the tests and dev servers: Apicurio Registry (a
+# Quarkus app, run on a Java 21+ that the harness finds), unpacked into the cache.
+APICURIO_VERSION := 3.3.3
+CDCRELAY_REGISTRY_DIST ?= $(CACHE_HOME)/cdcrelay/apicurio-registry-$(APICURIO_VERSION)
+export CDCRELAY_REGISTRY_DIST
+
 # The PostgreSQL server builds of the test matrix (testdata/postgres/versions.txt),
 # unpacked into the same cache as postgres-<version>/.
 PG_VERSIONS := testdata/postgres/versions.txt
@@ -33,7 +40,7 @@ export CDCRELAY_PG_BUILDS
 DEV_DIR := .dev
 DEVENV := bin/devenv
 
-.PHONY: all build test kafka-jars pg-builds dev-up dev-down vet lint fmt-check devenv bench demo
+.PHONY: all build test kafka-jars registry-dist pg-builds dev-up dev-down vet lint fmt-check devenv bench demo
 
 all: build
 
@@ -44,17 +51,21 @@ build:
 kafka-jars:
 	@internal/testenv/scripts/kafka-jars.sh $(KAFKA_POM) "$(CDCRELAY_KAFKA_JARS)"
 
+# Fetches once, like kafka-jars.
+registry-dist:
+	@internal/testenv/scripts/registry-dist.sh $(APICURIO_VERSION) "$(CDCRELAY_REGISTRY_DIST)"
+
 # Fetches each build once: a stamp in its directory records the artifact.
 pg-builds:
 	@internal/testenv/scripts/pg-builds.sh $(PG_VERSIONS) "$(CDCRELAY_PG_BUILDS)"
 
-test: kafka-jars pg-builds
+test: kafka-jars registry-dist pg-builds
 	@internal/testenv/scripts/test.sh -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(PKG)
 
 devenv:
 	@$(GO) build -o $(DEVENV) ./internal/testenv/cmd/devenv
 
-dev-up: kafka-jars devenv
+dev-up: kafka-jars registry-dist devenv
 	@$(DEVENV) up --dir $(DEV_DIR)
 
 # The relay's main job on a local default: dev Postgres + Kafka, a sample
@@ -83,7 +94,7 @@ lint: fmt-check vet
 # BENCH_DIR=/tmp/x runs it on servers of its own (stop: bin/devenv down --dir /tmp/x).
 BENCHFLAGS ?=
 BENCH_DIR ?= $(DEV_DIR)
-bench: kafka-jars devenv
+bench: kafka-jars registry-dist devenv
 	@if [ -f $(BENCH_DIR)/env.sh ]; then echo "bench: using the dev servers in $(BENCH_DIR)"; \
 	else echo "bench: dev servers not up; starting them in $(BENCH_DIR) (stop with bin/devenv down --dir $(BENCH_DIR))"; fi
 	@$(DEVENV) up --dir $(BENCH_DIR) >/dev/null

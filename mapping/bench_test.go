@@ -84,3 +84,24 @@ func BenchmarkMapTable(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMapTableEnvelope compares the envelopes of a table row (int8,
+// text, jsonb): "avro" must cost no more than "json" (the framing with the
+// schema id, in package schema, adds one small copy).
+func BenchmarkMapTableEnvelope(b *testing.B) {
+	for _, env := range []string{EnvelopeJSON, EnvelopeAvro, EnvelopeJSONSchema} {
+		b.Run(env, func(b *testing.B) {
+			m, err := New([]Spec{{Table: "orders", Kind: "table", Envelope: env}}, WithDatabase("shop"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := change(replication.OpInsert, ordersRel(), []replication.Value{text("42"), text("eu-west"), text(`{"total": 12.5, "items": [1, 2, 3]}`)}, nil)
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if _, err := m.Map(c); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -177,6 +177,31 @@ func (r *rule) mapChangelog(v *rowView) ([]Event, error) {
 	b.data = b.json
 	b.raw = appendOrNull(nil, img)
 	b.rawHeaders = append(b.rawHeaders, Header{Key: "op", Value: []byte(op)})
+	if v.reg != nil {
+		b.contract = v.reg.event
+	}
+	if r.spec.Envelope == EnvelopeAvro {
+		a := appendAvroString(nil, b.id)
+		a = appendAvroString(a, op)
+		if cl.TypeColumn != "" {
+			if typ.Kind == replication.ValueText {
+				a = appendAvroBytes(append(a, 2), typ.Text)
+			} else {
+				a = append(a, 0)
+			}
+		}
+		if cl.TimeColumn != "" {
+			if evTime != nil {
+				// A JSON string of ASCII without escapes.
+				a = appendAvroBytes(append(a, 2), evTime[1:len(evTime)-1])
+			} else {
+				a = append(a, 0)
+			}
+		}
+		a = r.appendAvroSource(a, c, srcSchema, srcTable, c.Relation.QualifiedName())
+		a = appendAvroNullable(a, before)
+		b.avro = appendAvroNullable(a, after)
+	}
 
 	r.readTrace(v, b)
 	ev, err := r.event(b)
@@ -185,7 +210,7 @@ func (r *rule) mapChangelog(v *rowView) ([]Event, error) {
 	}
 	evs := []Event{ev}
 	if op == "delete" && *cl.Tombstones && b.key != nil {
-		evs = append(evs, r.tombstone(b, b.key))
+		evs = append(evs, r.tombstone(b, b.key, nil))
 	}
 	return evs, nil
 }

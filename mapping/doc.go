@@ -7,8 +7,12 @@
 //
 // Three kinds of mapping exist: "outbox" (Debezium's Outbox Event Router
 // semantics), "changelog" (a table filled by triggers) and "table" (a business
-// table's row changes with before/after images). Four envelopes: "raw", "json",
-// "cloudevents-binary" and "cloudevents-structured".
+// table's row changes with before/after images). Six envelopes: "raw", "json",
+// "cloudevents-binary", "cloudevents-structured", and "avro" and
+// "json-schema", whose events carry a [Contract]: the schemas the mapping
+// derived from the table's Relation, which package schema registers and
+// frames the bytes with (the Avro binary is written here, from Postgres's
+// text, as the JSON is).
 //
 // Values are encoded from Postgres's text output to JSON exactly
 // ([EncodeValue]): nothing is rounded, and an unchanged TOAST value is never
@@ -22,5 +26,6 @@
 // Files: spec.go (the relay.toml schema, defaults, validation), mapper.go
 // (New, Map, CheckRelation), template.go, encode.go / temporal.go /
 // composite.go (value encoding), row.go (row images, unchanged TOAST),
-// outbox.go / table.go / changelog.go (the kinds), envelope.go, deadletter.go.
+// outbox.go / table.go / changelog.go (the kinds), envelope.go, deadletter.go,
+// contract.go / avro.go / jsonschema.go (the schema registry envelopes).
 package mapping

@@ -51,6 +51,8 @@ type built struct {
 	headers    []Header // the kind's own headers, in every envelope
 	rawHeaders []Header // headers only envelope "raw" carries (op, unchanged_toast)
 
+	avro         []byte       // the value in envelope "avro" (Avro binary)
+	contract     *Contract    // envelopes "avro" and "json-schema"
 	trace        TraceContext // the row's trace context (see readTrace)
 	traceHeaders []Header     // traceparent and tracestate, as the row had them
 	correlation  string       // the correlation id from trace.correlation_id_column
@@ -58,8 +60,9 @@ type built struct {
 
 // tombstone is the null-valued record for key that follows (or precedes)
 // change b's event; it carries the change's trace context and correlation id.
-func (r *rule) tombstone(b *built, key []byte) Event {
-	ev := Event{Topic: b.topic, Key: key, Timestamp: b.time, Trace: b.trace, CorrelationID: b.correlation}
+// contract is the key's schema contract (registry envelopes), or nil.
+func (r *rule) tombstone(b *built, key []byte, contract *Contract) Event {
+	ev := Event{Topic: b.topic, Key: key, Timestamp: b.time, Trace: b.trace, CorrelationID: b.correlation, Contract: contract}
 	if b.correlation != "" {
 		ev.Headers = append(ev.Headers, Header{Key: r.spec.Trace.CorrelationIDHeader, Value: []byte(b.correlation)})
 	}
@@ -80,6 +83,18 @@ func (r *rule) event(b *built) (Event, error) {
 		ev.Headers = append(ev.Headers, b.rawHeaders...)
 	case EnvelopeJSON:
 		ev.Value = b.json
+	case EnvelopeAvro, EnvelopeJSONSchema:
+		ev.Contract = b.contract
+		if r.spec.Envelope == EnvelopeAvro {
+			ev.Value = b.avro
+		} else if r.spec.Schema.Value == SchemaValueRow {
+			ev.Value = b.raw
+		} else {
+			ev.Value = b.json
+		}
+		if r.spec.Schema.Value == SchemaValueRow {
+			ev.Headers = append(ev.Headers, b.rawHeaders...)
+		}
 	case EnvelopeCEBinary, EnvelopeCEStructed:
 		source, ceType, err := r.ceAttrs(b)
 		if err != nil {

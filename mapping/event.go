@@ -14,6 +14,11 @@ type Event struct {
 	// time, or the outbox timestamp_column / changelog time_column. Zero when
 	// unknown (the producer then stamps the record).
 	Timestamp time.Time
+	// Contract, when set, says that Key and Value still have to be put in
+	// the schema registry's wire format (envelopes "avro" and
+	// "json-schema", outbox payload_schema = "registry"): package schema's
+	// encoder does that before the event is sent.
+	Contract *Contract
 
 	// ID is the event's id (the outbox id column, the changelog id column,
 	// or the change's position); "" for tombstones and dead letters.

@@ -48,6 +48,7 @@ type relInfo struct {
 	rule  *rule // nil: the table is not mapped
 	idx   map[string]int
 	probs []relProblem
+	reg   *relContract // the registry envelopes' schemas
 	// traced: the table has one of the mapping's trace columns (most have
 	// none, and then no row needs looking at for them).
 	traced bool
@@ -69,6 +70,9 @@ func (m *Mapper) relation(rel *replication.Relation) *relInfo {
 		ri.rule = r
 		ri.idx = columnIndex(rel)
 		ri.probs = r.checkRelation(rel, ri.idx)
+		if r.spec.registryEnvelope() {
+			ri.reg = r.contractFor(rel, ri.idx)
+		}
 		for _, col := range r.spec.Trace.columns() {
 			if _, ok := ri.idx[col]; ok && col != "" {
 				ri.traced = true
@@ -126,6 +130,8 @@ type rule struct {
 	ceSource *template
 	ceType   *template
 	dlqTopic string
+	// payloadSubject is outbox.payload_subject (nil: "<topic>-value").
+	payloadSubject *template
 }
 
 type namedTemplate struct {
@@ -242,6 +248,7 @@ func (m *Mapper) newRule(s Spec) (*rule, []error) {
 			r.headers = append(r.headers, namedTemplate{name: name, t: t})
 		}
 	}
+	r.payloadSubject = parse("outbox.payload_subject", s.Outbox.PayloadSubject)
 	r.ceSource = parse("cloudevents.source", s.CloudEvents.Source)
 	r.ceType = parse("cloudevents.type", s.CloudEvents.Type)
 	r.dlqTopic = s.DeadLetterTopic
@@ -289,11 +296,14 @@ func (m *Mapper) Map(c *replication.Change) ([]Event, error) {
 		return nil, nil
 	}
 	c = keyOnlyOld(c)
-	v := &rowView{c: c, rel: c.Relation, idx: ri.idx, traced: ri.traced}
+	v := &rowView{c: c, rel: c.Relation, idx: ri.idx, reg: ri.reg, traced: ri.traced}
 	if probs := ri.probs; len(probs) > 0 {
 		p := probs[0]
 		return nil, &RowError{Table: r.spec.Table, Pos: c.Pos, Column: p.column,
 			Reason: fmt.Sprintf("the table no longer fits the mapping: key %q: %s", p.key, p.msg)}
+	}
+	if ri.reg != nil && ri.reg.problem != "" {
+		return nil, &RowError{Table: r.spec.Table, Pos: c.Pos, Reason: "the table has no Avro schema: " + ri.reg.problem}
 	}
 	var evs []Event
 	var err error
@@ -380,6 +390,7 @@ func (r *rule) checkRelation(rel *replication.Relation, idx map[string]int) []re
 	for _, h := range r.headers {
 		tmpl("headers."+h.name, h.t)
 	}
+	tmpl("outbox.payload_subject", r.payloadSubject)
 	tmpl("cloudevents.source", r.ceSource)
 	tmpl("cloudevents.type", r.ceType)
 	r.checkTraceRelation(need)

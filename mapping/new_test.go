@@ -34,7 +34,7 @@ func TestNewRejectsBadConfigurations(t *testing.T) {
 		{"table mapped twice", []Spec{{Table: "orders", Kind: "table"}, {Table: "public.orders", Kind: "outbox"}}, "public.orders", "table", "mapped twice"},
 		{"no kind", []Spec{{Table: "t"}}, "public.t", "kind", "is required"},
 		{"unknown kind", []Spec{{Table: "t", Kind: "cdc"}}, "public.t", "kind", `"cdc" is not one of`},
-		{"unknown envelope", outbox(func(s *Spec) { s.Envelope = "avro" }), "public.outbox", "envelope", `"avro" is not one of`},
+		{"unknown envelope", outbox(func(s *Spec) { s.Envelope = "protobuf" }), "public.outbox", "envelope", `"protobuf" is not one of`},
 		{"unknown on_error", outbox(func(s *Spec) { s.OnError = "ignore" }), "public.outbox", "on_error", `"ignore" is not one of`},
 		{"dead letter topic with stop", outbox(func(s *Spec) { s.DeadLetterTopic = "dlq" }), "public.outbox", "dead_letter_topic", `on_error is "stop"`},
 		{"bad dead letter topic", outbox(func(s *Spec) { s.OnError = "dead-letter"; s.DeadLetterTopic = "dl q" }), "public.outbox", "dead_letter_topic", "may only contain"},
@@ -89,7 +89,7 @@ func TestNewRejectsBadConfigurations(t *testing.T) {
 
 func TestNewReportsEveryProblem(t *testing.T) {
 	_, err := New([]Spec{
-		{Table: "a", Kind: "outbox", Envelope: "avro", OnError: "ignore"},
+		{Table: "a", Kind: "outbox", Envelope: "protobuf", OnError: "ignore"},
 		{Table: "b", Kind: "table", Rows: TableSpec{Ops: []string{"upsert"}}},
 	})
 	j, ok := err.(interface{ Unwrap() []error })

@@ -153,6 +153,15 @@ func (r *rule) mapOutbox(v *rowView) ([]Event, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.PayloadSchema == PayloadSchemaRegistry && ev.Value != nil {
+		subject := b.topic + "-value"
+		if r.payloadSubject != nil {
+			if subject, err = r.payloadSubject.expand(env); err != nil {
+				return nil, fmt.Errorf("outbox.payload_subject: %w", err)
+			}
+		}
+		ev.Contract = &Contract{LookupSubject: subject, PayloadColumn: o.Payload, Table: r.spec.Table}
+	}
 	return []Event{ev}, nil
 }
 

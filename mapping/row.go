@@ -14,6 +14,7 @@ type rowView struct {
 	c   *replication.Change
 	rel *replication.Relation
 	idx map[string]int
+	reg *relContract // envelopes "avro" and "json-schema"
 	// traced: the relation has a trace column of the mapping (readTrace).
 	traced bool
 }

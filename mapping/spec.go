@@ -25,8 +25,10 @@ type Spec struct {
 	Key string `toml:"key"`
 	// Headers maps header names to templates.
 	Headers map[string]string `toml:"headers"`
-	// Envelope is "raw", "json", "cloudevents-binary" or "cloudevents-structured".
-	// Default: "raw" for outbox, "json" for table and changelog.
+	// Envelope is "raw", "json", "cloudevents-binary", "cloudevents-structured",
+	// or, for table and changelog, "avro" or "json-schema" (published
+	// through the schema registry). Default: "raw" for outbox, "json" for
+	// table and changelog.
 	Envelope string `toml:"envelope"`
 	// OnError is "dead-letter" or "stop" (default): what happens to a row that
 	// cannot be mapped or an event larger than the topic accepts.
@@ -39,7 +41,21 @@ type Spec struct {
 	Changelog   ChangelogSpec   `toml:"changelog"`
 	Rows        TableSpec       `toml:"rows"`
 	CloudEvents CloudEventsSpec `toml:"cloudevents"`
+	Schema      SchemaSpec      `toml:"schema"`
 	Trace       TraceSpec       `toml:"trace"`
+}
+
+// SchemaSpec tunes the envelopes "avro" and "json-schema".
+type SchemaSpec struct {
+	// Value is "change" (default: the change envelope with before, after,
+	// op and source) or "row" (kind table: the row image alone, the after
+	// image, the before image of a delete).
+	Value string `toml:"value"`
+	// Compatibility is the compatibility level the relay sets on the
+	// subjects it registers: "BACKWARD" (default), "BACKWARD_TRANSITIVE",
+	// "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE", or
+	// "registry" to leave the registry's own setting alone.
+	Compatibility string `toml:"compatibility"`
 }
 
 // OutboxSpec names the columns of an outbox table (Debezium's Outbox Event
@@ -56,6 +72,14 @@ type OutboxSpec struct {
 	// OnUpdate is "warn" (default: skip the row and report it to the warning
 	// function) or "error" (a row error, which follows OnError).
 	OnUpdate string `toml:"on_update"`
+	// PayloadSchema "registry": the payload must fit the latest schema of
+	// PayloadSubject in the schema registry (JSON Schema: validated; Avro:
+	// encoded from its JSON), and is published in the registry's wire
+	// format. "" (default): the payload passes through unchecked.
+	PayloadSchema string `toml:"payload_schema"`
+	// PayloadSubject is a template for the subject whose latest schema the
+	// payload must fit. Default "<topic>-value".
+	PayloadSubject string `toml:"payload_subject"`
 }
 
 // ChangelogSpec names the columns of a trigger-written change table.
@@ -119,9 +143,23 @@ const (
 	EnvelopeCEBinary   = "cloudevents-binary"
 	EnvelopeCEStructed = "cloudevents-structured"
 
+	EnvelopeAvro       = "avro"
+	EnvelopeJSONSchema = "json-schema"
+
 	OnErrorStop       = "stop"
 	OnErrorDeadLetter = "dead-letter"
+
+	PayloadSchemaRegistry = "registry"
+
+	SchemaValueChange = "change"
+	SchemaValueRow    = "row"
+
+	// CompatibilityRegistry leaves a subject's compatibility level alone.
+	CompatibilityRegistry = "registry"
 )
+
+// compatibilityLevels are the registry's levels, as the Confluent API names them.
+var compatibilityLevels = []string{"BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"}
 
 var allOps = []string{"insert", "update", "delete", "truncate", "read"}
 
@@ -182,6 +220,21 @@ func (s *Spec) normalize(db string) []error {
 		def(&s.Topic, "outbox.event."+placeholder(o.AggregateType))
 		def(&s.Key, placeholder(o.AggregateID))
 		def(&s.Envelope, EnvelopeRaw)
+		switch o.PayloadSchema {
+		case "":
+			if o.PayloadSubject != "" {
+				add(kerr("outbox.payload_subject", "is only used with outbox.payload_schema = %q", PayloadSchemaRegistry))
+			}
+		case PayloadSchemaRegistry:
+			if s.Envelope != EnvelopeRaw && s.Envelope != EnvelopeCEBinary {
+				add(kerr("outbox.payload_schema", "%q needs envelope %q or %q (the payload is the record's value), not %q", o.PayloadSchema, EnvelopeRaw, EnvelopeCEBinary, s.Envelope))
+			}
+		default:
+			add(kerr("outbox.payload_schema", "%q is not \"\" or %q", o.PayloadSchema, PayloadSchemaRegistry))
+		}
+		if s.Envelope == EnvelopeAvro || s.Envelope == EnvelopeJSONSchema {
+			add(kerr("envelope", "%q is for kinds table and changelog; an outbox payload is checked against the registry with outbox.payload_schema = %q", s.Envelope, PayloadSchemaRegistry))
+		}
 		add(unused("changelog", !isZeroChangelog(s.Changelog), s.Kind))
 		add(unused("rows", !isZeroRows(s.Rows), s.Kind))
 	case KindChangelog:
@@ -246,8 +299,9 @@ func (s *Spec) normalize(db string) []error {
 		return errs
 	}
 
+	add(s.normalizeSchema())
 	switch s.Envelope {
-	case EnvelopeRaw, EnvelopeJSON:
+	case EnvelopeRaw, EnvelopeJSON, EnvelopeAvro, EnvelopeJSONSchema:
 		if s.CloudEvents != (CloudEventsSpec{}) {
 			add(kerr("cloudevents", "is only used with envelope %q or %q, not %q", EnvelopeCEBinary, EnvelopeCEStructed, s.Envelope))
 		}
@@ -261,7 +315,7 @@ func (s *Spec) normalize(db string) []error {
 			def(&s.CloudEvents.Type, "{schema}.{table}.{op}")
 		}
 	default:
-		add(kerr("envelope", "%q is not one of %q, %q, %q, %q", s.Envelope, EnvelopeRaw, EnvelopeJSON, EnvelopeCEBinary, EnvelopeCEStructed))
+		add(kerr("envelope", "%q is not one of %q, %q, %q, %q, %q, %q", s.Envelope, EnvelopeRaw, EnvelopeJSON, EnvelopeCEBinary, EnvelopeCEStructed, EnvelopeAvro, EnvelopeJSONSchema))
 	}
 
 	for _, err := range s.Trace.normalize(s.Kind) {
@@ -303,7 +357,7 @@ func (s *Spec) reservedHeaders() []string {
 			h = append(h, "op", "unchanged_toast")
 		}
 	case KindTable:
-		if s.Envelope == EnvelopeRaw {
+		if s.Envelope == EnvelopeRaw || s.Envelope != EnvelopeJSON && s.Schema.Value == SchemaValueRow {
 			h = append(h, "op", "unchanged_toast")
 		}
 	}
@@ -435,3 +489,44 @@ func quoteList(l []string) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// registryEnvelope tells the envelopes published through the schema registry.
+func (s *Spec) registryEnvelope() bool {
+	return s.Envelope == EnvelopeAvro || s.Envelope == EnvelopeJSONSchema
+}
+
+// normalizeSchema fills and checks [mapping.schema].
+func (s *Spec) normalizeSchema() error {
+	sc := &s.Schema
+	if !s.registryEnvelope() {
+		if *sc != (SchemaSpec{}) {
+			return kerr("schema", "[mapping.schema] is only used with envelope %q or %q, not %q", EnvelopeAvro, EnvelopeJSONSchema, s.Envelope)
+		}
+		return nil
+	}
+	if sc.Value == "" {
+		sc.Value = SchemaValueChange
+	}
+	if sc.Compatibility == "" {
+		sc.Compatibility = "BACKWARD"
+	}
+	switch sc.Value {
+	case SchemaValueChange:
+	case SchemaValueRow:
+		if s.Kind != KindTable {
+			return kerr("schema.value", "%q is for kind %q; a changelog's row images are JSON without column types", sc.Value, KindTable)
+		}
+		if slices.Contains(s.Rows.Ops, "truncate") {
+			return kerr("rows.ops", "\"truncate\" has no row to carry with schema.value = %q", SchemaValueRow)
+		}
+	default:
+		return kerr("schema.value", "%q is not %q or %q", sc.Value, SchemaValueChange, SchemaValueRow)
+	}
+	up := strings.ToUpper(sc.Compatibility)
+	if slices.Contains(compatibilityLevels, up) {
+		sc.Compatibility = up
+	} else if sc.Compatibility != CompatibilityRegistry {
+		return kerr("schema.compatibility", "%q is not one of %s or %q", sc.Compatibility, quoteList(compatibilityLevels), CompatibilityRegistry)
+	}
+	return nil
+}

@@ -29,18 +29,25 @@ func (r *rule) mapTable(v *rowView) ([]Event, error) {
 
 	var before, after []byte
 	var unchanged []string
+	avro := r.spec.Envelope == EnvelopeAvro
 	if c.Op != replication.OpTruncate {
 		sel := r.selection(rel)
+		image := func(vals, fill []replication.Value) ([]byte, []string, error) {
+			if avro {
+				return appendAvroImage(nil, v.reg.cols, vals, fill)
+			}
+			return appendImage(nil, rel, vals, fill, sel)
+		}
 		if c.Old != nil {
 			var u []string
-			if before, u, err = appendImage(nil, rel, c.Old, nil, sel); err != nil {
+			if before, u, err = image(c.Old, nil); err != nil {
 				return nil, err
 			}
 			unchanged = append(unchanged, u...)
 		}
 		if c.Op != replication.OpDelete {
 			var u []string
-			if after, u, err = appendImage(nil, rel, c.New, c.Old, sel); err != nil {
+			if after, u, err = image(c.New, c.Old); err != nil {
 				return nil, err
 			}
 			for _, col := range u {
@@ -53,27 +60,51 @@ func (r *rule) mapTable(v *rowView) ([]Event, error) {
 			return nil, fmt.Errorf("key: %w", err)
 		}
 	}
-
-	j := []byte(`{"id":`)
-	j = appendStr(j, b.id)
-	j = append(j, `,"op":`...)
-	j = appendStr(j, op)
-	j = append(j, `,"source":`...)
-	j = r.appendSource(j, c, rel.Schema, rel.Table, "")
-	j = append(j, `,"before":`...)
-	j = appendOrNull(j, before)
-	j = append(j, `,"after":`...)
-	j = appendOrNull(j, after)
-	if len(unchanged) > 0 {
-		j = append(j, `,"unchanged_toast":`...)
-		j = appendNames(j, unchanged)
+	if v.reg != nil {
+		b.contract = v.reg.event
 	}
-	b.json = append(j, '}')
-	b.data = b.json
-	if c.Op == replication.OpDelete {
-		b.raw = appendOrNull(nil, before)
+
+	if avro {
+		if r.spec.Schema.Value == SchemaValueRow {
+			b.avro = after
+			if c.Op == replication.OpDelete {
+				b.avro = before
+			}
+		} else {
+			a := appendAvroString(nil, b.id)
+			a = appendAvroString(a, op)
+			a = r.appendAvroSource(a, c, rel.Schema, rel.Table, "")
+			for _, img := range [][]byte{before, after} {
+				if img == nil {
+					a = append(a, 0)
+				} else {
+					a = append(append(a, 2), img...)
+				}
+			}
+			b.avro = appendAvroNames(a, unchanged)
+		}
 	} else {
-		b.raw = appendOrNull(nil, after)
+		j := []byte(`{"id":`)
+		j = appendStr(j, b.id)
+		j = append(j, `,"op":`...)
+		j = appendStr(j, op)
+		j = append(j, `,"source":`...)
+		j = r.appendSource(j, c, rel.Schema, rel.Table, "")
+		j = append(j, `,"before":`...)
+		j = appendOrNull(j, before)
+		j = append(j, `,"after":`...)
+		j = appendOrNull(j, after)
+		if len(unchanged) > 0 {
+			j = append(j, `,"unchanged_toast":`...)
+			j = appendNames(j, unchanged)
+		}
+		b.json = append(j, '}')
+		b.data = b.json
+		if c.Op == replication.OpDelete {
+			b.raw = appendOrNull(nil, before)
+		} else {
+			b.raw = appendOrNull(nil, after)
+		}
 	}
 	b.rawHeaders = append(b.rawHeaders, Header{Key: "op", Value: []byte(op)})
 	if len(unchanged) > 0 {
@@ -86,15 +117,19 @@ func (r *rule) mapTable(v *rowView) ([]Event, error) {
 		return nil, err
 	}
 	tombstones := *r.spec.Rows.Tombstones
+	var tomb *Contract
+	if v.reg != nil {
+		tomb = v.reg.tomb
+	}
 	var evs []Event
 	if c.Op == replication.OpUpdate && tombstones && b.key != nil {
 		if old, ok := r.oldKey(v); ok && !bytes.Equal(old, b.key) {
-			evs = append(evs, r.tombstone(b, old))
+			evs = append(evs, r.tombstone(b, old, tomb))
 		}
 	}
 	evs = append(evs, ev)
 	if c.Op == replication.OpDelete && tombstones && b.key != nil {
-		evs = append(evs, r.tombstone(b, b.key))
+		evs = append(evs, r.tombstone(b, b.key, tomb))
 	}
 	return evs, nil
 }
@@ -160,6 +195,9 @@ func (r *rule) tableKey(v *rowView, value func(string) (replication.Value, error
 	if len(cols) == 0 {
 		return nil, nil
 	}
+	if v.reg != nil && r.spec.Envelope == EnvelopeAvro {
+		return avroKey(v.reg.keyCols, value)
+	}
 	k := []byte{'{'}
 	for i, col := range cols {
 		val, err := value(col)
@@ -200,4 +238,30 @@ func appendOrNull(dst, obj []byte) []byte {
 		return append(dst, "null"...)
 	}
 	return append(dst, obj...)
+}
+
+// avroKey writes the key columns' values as the Avro key record.
+func avroKey(cols []avroCol, value func(string) (replication.Value, error)) ([]byte, error) {
+	var k []byte
+	for i := range cols {
+		c := &cols[i]
+		val, err := value(c.name)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case val.Kind == replication.ValueText:
+			if !c.notNull {
+				k = append(k, 2)
+			}
+			if k, err = c.typ.appendValue(k, c.pg, val.Text); err != nil {
+				return nil, &colError{col: c.name, err: err}
+			}
+		case c.notNull:
+			return nil, &colError{col: c.name, err: fmt.Errorf("the key column is NULL, but the key schema's field %q cannot be null", c.field)}
+		default:
+			k = append(k, 0)
+		}
+	}
+	return k, nil
 }

@@ -119,7 +119,7 @@ func loadRelation(ctx context.Context, conn *pgx.Conn, types *typeCache, table s
 		return nil, fmt.Errorf("table %s: %w", table, err)
 	}
 	rows, err := conn.Query(ctx, `
-		SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false)
+		SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false), a.atttypmod
 		FROM pg_attribute a
 		LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -128,13 +128,14 @@ func loadRelation(ctx context.Context, conn *pgx.Conn, types *typeCache, table s
 		return nil, fmt.Errorf("columns of %s: %w", table, err)
 	}
 	type col struct {
-		name string
-		oid  uint32
-		pk   bool
+		name   string
+		oid    uint32
+		pk     bool
+		typmod int32
 	}
 	cols, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (col, error) {
 		var c col
-		err := row.Scan(&c.name, &c.oid, &c.pk)
+		err := row.Scan(&c.name, &c.oid, &c.pk, &c.typmod)
 		return c, err
 	})
 	if err != nil {
@@ -149,7 +150,7 @@ func loadRelation(ctx context.Context, conn *pgx.Conn, types *typeCache, table s
 		// pgoutput marks the replica identity's columns as key columns:
 		// every column under FULL, else those of the primary key (or index).
 		key := c.pk || ident == "f"
-		rel.Columns = append(rel.Columns, Column{Name: c.name, Type: t, Key: key, PrimaryKey: c.pk})
+		rel.Columns = append(rel.Columns, Column{Name: c.name, Type: t, Key: key, PrimaryKey: c.pk, TypeModifier: c.typmod})
 	}
 	return rel, nil
 }

@@ -123,6 +123,9 @@ type Column struct {
 	// PrimaryKey is true for the columns of the table's primary key, whatever
 	// the replica identity (with REPLICA IDENTITY FULL every column is Key).
 	PrimaryKey bool
+	// TypeModifier is pg_attribute.atttypmod, as the Relation message sends
+	// it: -1 for none; for numeric(p,s) ((p << 16) | s) + 4.
+	TypeModifier int32
 }
 
 // Type describes a column's data type, resolved from pg_type.

@@ -422,7 +422,7 @@ func (s *Stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*R
 		if err != nil {
 			return nil, fmt.Errorf("table %s.%s column %s: %w", m.Namespace, m.RelationName, c.Name, err)
 		}
-		rel.Columns = append(rel.Columns, Column{Name: c.Name, Type: t, Key: c.Flags&1 != 0, PrimaryKey: pk[c.Name]})
+		rel.Columns = append(rel.Columns, Column{Name: c.Name, Type: t, Key: c.Flags&1 != 0, PrimaryKey: pk[c.Name], TypeModifier: c.TypeModifier})
 	}
 	return rel, nil
 }

@@ -18,7 +18,7 @@ import (
 // transaction's commit time) to its arrival at a read_committed consumer.
 func runLatency(ctx context.Context, o *options) (result, error) {
 	r := result{name: fmt.Sprintf("latency @%d tx/s", o.latRate), latencyRun: true}
-	b, err := newBench(ctx, o, "latency")
+	b, err := newBench(ctx, o, "latency", "")
 	if err != nil {
 		return r, err
 	}

@@ -56,7 +56,7 @@ func main() {
 	}
 	var o options
 	var only string
-	flag.StringVar(&only, "only", "", "comma-separated workloads to run (outbox-small, outbox-large, tiny-txns, one-big-txn, backfill, latency, kafka-perf); default all")
+	flag.StringVar(&only, "only", "", "comma-separated workloads to run (outbox-small, outbox-large, tiny-txns, one-big-txn, table-json, table-avro, backfill, latency, kafka-perf); default all")
 	flag.Float64Var(&o.scale, "scale", 1, "multiply every workload's row count (e.g. 0.1 for a quick run)")
 	flag.StringVar(&o.profileDir, "profile", "", "run the relay in-process (this binary's `relay` subcommand) and write CPU and heap profiles into this directory")
 	flag.StringVar(&o.extraTOML, "relay-toml", "", "extra TOML appended to every relay.toml (e.g. a [batch] table)")

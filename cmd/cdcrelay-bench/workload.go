@@ -26,6 +26,15 @@ type workload struct {
 	txns      int
 	rowsPerTx int
 	payload   int
+	// mapping replaces the outbox mapping's keys (after table = ...): the
+	// table workloads map the same rows with kind "table".
+	mapping string
+}
+
+// tableMapping maps the outbox table as a business table with envelope env
+// to the workload's topic.
+func tableMapping(env string) string {
+	return "kind = \"table\"\ntopic = \"{{topic}}\"\nenvelope = \"" + env + "\"\n"
 }
 
 func (w workload) rows() int { return w.txns * w.rowsPerTx }
@@ -37,6 +46,10 @@ func workloads(scale float64) []workload {
 		{name: "outbox-large", desc: "100,000 outbox rows of ~4 KB payload, 10 rows per transaction", txns: n(10_000), rowsPerTx: 10, payload: 4096},
 		{name: "tiny-txns", desc: "100,000 single-row transactions, ~200 B payload", txns: n(100_000), rowsPerTx: 1, payload: 200},
 		{name: "one-big-txn", desc: "one transaction of 1,000,000 rows, ~200 B payload", txns: 1, rowsPerTx: n(1_000_000), payload: 200},
+		// The same rows as outbox-small, published as a table's changes:
+		// the json envelope, and Avro through the schema registry.
+		{name: "table-json", desc: "1,000,000 rows (int8, 3 text, ~200 B jsonb), 10 per transaction, kind table, envelope json", txns: n(100_000), rowsPerTx: 10, payload: 200, mapping: tableMapping("json")},
+		{name: "table-avro", desc: "the same rows, envelope avro (schema registry)", txns: n(100_000), rowsPerTx: 10, payload: 200, mapping: tableMapping("avro")},
 	}
 }
 
@@ -83,7 +96,7 @@ func dbDSN(admin, db string) (string, error) {
 	return u.String(), nil
 }
 
-func newBench(ctx context.Context, o *options, kind string) (*bench, error) {
+func newBench(ctx context.Context, o *options, kind, mapping string) (*bench, error) {
 	id := strconv.FormatInt(time.Now().UnixNano()/1e6, 36)
 	name := "bench_" + strings.ReplaceAll(kind, "-", "_") + "_" + id
 	b := &bench{o: o, name: name, db: name, aggType: "bench" + strings.ReplaceAll(kind, "-", "") + id, refSlot: "ref_" + name}
@@ -158,8 +171,7 @@ brokers = [%s]
 
 [[mapping]]
 table = "public.outbox"
-kind = "outbox"
-`, name, o.logLevel, b.dsn, quoteList(o.brokers))
+%s`, name, o.logLevel, b.dsn, quoteList(o.brokers), mappingKeys(mapping, b.topic))
 	if o.extraTOML != "" {
 		cfg += "\n" + o.extraTOML + "\n"
 	}
@@ -168,6 +180,19 @@ kind = "outbox"
 		return nil, err
 	}
 	return b, nil
+}
+
+// mappingKeys is the [[mapping]] body: the outbox defaults, or a workload's
+// keys; a mapping through the registry gets [schema_registry] after it.
+func mappingKeys(mapping, topic string) string {
+	if mapping == "" {
+		return "kind = \"outbox\"\n"
+	}
+	m := strings.ReplaceAll(mapping, "{{topic}}", topic)
+	if strings.Contains(m, `"avro"`) || strings.Contains(m, `"json-schema"`) {
+		m += fmt.Sprintf("\n[schema_registry]\nurl = %q\n", os.Getenv("CDCRELAY_TEST_REGISTRY_URL"))
+	}
+	return m
 }
 
 func firstLine(s string) string {
@@ -229,7 +254,7 @@ func (b *bench) currentLSN(ctx context.Context) (string, error) {
 
 func runBacklog(ctx context.Context, o *options, w workload) (result, error) {
 	r := result{name: w.name, events: w.rows()}
-	b, err := newBench(ctx, o, w.name)
+	b, err := newBench(ctx, o, w.name, w.mapping)
 	if err != nil {
 		return r, err
 	}

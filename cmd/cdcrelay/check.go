@@ -46,6 +46,11 @@ dead-letter topics exist, and transactions work: a probe transaction is begun,
 given one record for the checkpoint topic, and aborted (under the transactional
 id <kafka.transactional_id>-check, so that a running relay is not fenced).
 
+Schema registry (when a mapping publishes through one): each mapped table's
+current shape is compared with the latest version registered under its
+subjects, and check says what 'run' would register and what the registry would
+refuse (and which columns changed), without registering anything.
+
 Exit status: 0 everything is ready, 1 a check failed, 2 configuration error.`,
 		Example: `  # validate relay.toml in the current directory and check both servers
   cdcrelay check
@@ -83,6 +88,9 @@ Exit status: 0 everything is ready, 1 a check failed, 2 configuration error.`,
 				}
 				if !skipKafka {
 					a.checkKafka(cmd.Context(), cfg, p, r)
+				}
+				if !skipPG {
+					a.checkSchemaRegistry(cmd.Context(), cfg, r)
 				}
 			}
 			if output == "json" {

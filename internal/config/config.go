@@ -14,13 +14,16 @@ import (
 
 // Config is the whole of relay.toml.
 type Config struct {
-	Relay    Relay          `toml:"relay"`
-	Postgres Postgres       `toml:"postgres"`
-	Kafka    Kafka          `toml:"kafka"`
-	Batch    Batch          `toml:"batch"`
-	Metrics  Metrics        `toml:"metrics"`
-	Tracing  Tracing        `toml:"tracing"`
-	Mappings []mapping.Spec `toml:"mapping"`
+	Relay    Relay    `toml:"relay"`
+	Postgres Postgres `toml:"postgres"`
+	Kafka    Kafka    `toml:"kafka"`
+	Batch    Batch    `toml:"batch"`
+	Metrics  Metrics  `toml:"metrics"`
+	Tracing  Tracing  `toml:"tracing"`
+	// SchemaRegistry is used by the "avro" and "json-schema" envelopes and
+	// outbox payload_schema = "registry" (registry.go).
+	SchemaRegistry SchemaRegistry `toml:"schema_registry"`
+	Mappings       []mapping.Spec `toml:"mapping"`
 }
 
 // Relay names this relay; the name derives the slot, the publication, the

@@ -183,6 +183,7 @@ func applyDefaults(c *Config, ix *index) {
 	if !ix.has("batch.read_ahead_bytes") {
 		b.ReadAheadBytes = DefaultReadAheadBytes
 	}
+	applyRegistryDefaults(c, ix)
 
 	boolean(&c.Tracing.Enabled, ix.hasSection("tracing"))
 }
@@ -278,6 +279,8 @@ func validate(c *Config, ix *index) []Issue {
 		}
 	}
 
+	// [schema_registry]
+	validateRegistry(v, c)
 	// [tracing]
 	validateTracing(v, c)
 

@@ -11,8 +11,8 @@ const Mask = "xxxxx"
 
 // Redacted returns a copy of c that is safe to print or log: the password of
 // postgres.dsn (in a URL's user info, a password= parameter or a key=value
-// password), kafka.sasl.password and the values of tracing.headers (API
-// keys, tokens) are masked.
+// password), kafka.sasl.password, schema_registry.password and the values of
+// tracing.headers (API keys, tokens) are masked.
 func (c *Config) Redacted() *Config {
 	r := *c
 	r.Postgres.DSN = RedactDSN(c.Postgres.DSN)
@@ -24,6 +24,9 @@ func (c *Config) Redacted() *Config {
 	}
 	if r.Kafka.SASL.Password != "" {
 		r.Kafka.SASL.Password = Mask
+	}
+	if r.SchemaRegistry.Password != "" {
+		r.SchemaRegistry.Password = Mask
 	}
 	if len(c.Tracing.Headers) > 0 {
 		r.Tracing.Headers = make(map[string]string, len(c.Tracing.Headers))

@@ -37,6 +37,7 @@ type Metrics struct {
 	slotRetained   prometheus.Gauge
 	slotWALStatus  *prometheus.GaugeVec
 	slotPollErrors prometheus.Counter
+	schema         *schemaMetrics // schema.go
 
 	mu         sync.Mutex
 	streaming  bool
@@ -109,6 +110,7 @@ func New(opts Options) *Metrics {
 	m.slotPollErrors = f.counter("cdcrelay_slot_poll_errors_total",
 		"Failed reads of the replication slot's state.")
 
+	m.schema = newSchemaMetrics(f)
 	m.reg.MustRegister(&lagCollector{m: m})
 	build := f.gaugeVec("cdcrelay_build_info", "Always 1; labels name the relay and the build.", "relay", "version")
 	build.WithLabelValues(relayName, version).Set(1)

@@ -311,6 +311,8 @@ func (p *pipeline) publish(ctx context.Context, c *replication.Change) error {
 		p.s.obs.DeadLettered(c.Relation.QualifiedName(), re.Reason)
 		p.log.Warn("row sent to the dead-letter topic", "table", c.Relation.QualifiedName(), "lsn", c.Pos.CommitLSN.String(), "topic", dl.Topic, "err", err)
 		evs = []mapping.Event{dl}
+	} else if evs, err = p.encode(ctx, c, evs); err != nil {
+		return err
 	}
 	for i := range evs {
 		if err := p.send(ctx, c, &evs[i]); err != nil {

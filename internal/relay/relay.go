@@ -86,6 +86,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err != nil {
 		return &FatalError{Err: err}
 	}
+	enc, err := newEncoder(cfg, log, opts.Observer)
+	if err != nil {
+		return &FatalError{Err: err}
+	}
 	// The lock is held across sessions: a session that fails for any other
 	// reason keeps it, so no second relay slips in while this one retries.
 	var lock *leaderLock
@@ -106,7 +110,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		if lock == nil {
 			lock, err = acquireLeadership(ctx, cfg, opts, log, previousPID)
 		}
-		s := &session{cfg: cfg, opts: opts, log: log, mapper: mapper, obs: opts.Observer}
+		s := &session{cfg: cfg, opts: opts, log: log, mapper: mapper, obs: opts.Observer, enc: enc}
 		started := time.Now()
 		if err == nil {
 			err = s.run(ctx, lock)
@@ -149,6 +153,7 @@ type session struct {
 	log    *slog.Logger
 	mapper *mapping.Mapper
 	obs    Observer
+	enc    Encoder // nil: no mapping publishes through a schema registry
 
 	durable sink.Checkpoint // committed in Kafka
 }

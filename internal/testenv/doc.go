@@ -1,7 +1,9 @@
 // Package testenv runs the real servers that cdcrelay's tests need: a throw-away
-// PostgreSQL cluster with wal_level=logical, and a single-node Apache Kafka broker
+// PostgreSQL cluster with wal_level=logical, a single-node Apache Kafka broker
 // (KRaft, combined broker and controller) started from the jars that `make
-// kafka-jars` caches. It never fakes a server; in-process fakes belong in the unit
+// kafka-jars` caches, and an Apicurio Registry 3.x schema registry (its
+// Confluent-compatible API; a Quarkus application unpacked by `make
+// registry-dist`, run on a Java 21+ that [RegistryJava] finds). It never fakes a server; in-process fakes belong in the unit
 // tests of the package that uses them.
 //
 // There are two ways in:
@@ -9,7 +11,7 @@
 //   - Shared servers. `make test` starts one Postgres and one Kafka for the whole
 //     run (with the devenv command in cmd/devenv) and names them in environment
 //     variables. Tests reach them through [PostgresDSN], [NewDatabase] (a fresh
-//     database per test, dropped afterwards) and [KafkaBrokers]. When a variable is
+//     database per test, dropped afterwards), [KafkaBrokers] and [RegistryURL]. When a variable is
 //     missing the test is skipped, or fails if CDCRELAY_TEST_REQUIRE_SERVERS=1 (as
 //     `make test` sets it), so a test can never pass on CI by skipping.
 //
@@ -38,9 +40,12 @@
 //
 //	CDCRELAY_TEST_PG_DSN           shared Postgres, superuser DSN (set by make test)
 //	CDCRELAY_TEST_KAFKA_BROKERS    shared Kafka bootstrap list, comma-separated
+//	CDCRELAY_TEST_REGISTRY_URL     shared schema registry, its Confluent-compatible API
 //	CDCRELAY_TEST_REQUIRE_SERVERS  1: a missing server fails the test instead of skipping it
 //	CDCRELAY_KAFKA_JARS            directory with the broker jars (default: the cache
 //	                               that `make kafka-jars` fills, see [DefaultKafkaJarDir])
+//	CDCRELAY_REGISTRY_DIST         the unpacked Apicurio Registry (default: the cache that
+//	                               `make registry-dist` fills, see [DefaultRegistryDistDir])
 //	CDCRELAY_TEST_PG_MATRIX        one shared Postgres per major version, "14=DSN 15=DSN ..."
 //	                               (devenv up --pg-matrix; see [PostgresMatrix])
 //	CDCRELAY_PG_BIN                directory with initdb, pg_ctl, postgres (default: found on PATH)

@@ -24,6 +24,8 @@ const (
 	EnvKafkaJars      = "CDCRELAY_KAFKA_JARS"
 	EnvPostgresBin    = "CDCRELAY_PG_BIN"
 	EnvDir            = "CDCRELAY_TESTENV_DIR"
+	EnvRegistryURL    = "CDCRELAY_TEST_REGISTRY_URL"
+	EnvRegistryDist   = "CDCRELAY_REGISTRY_DIST"
 	// EnvPostgresMatrix lists one shared server per major version of the
 	// test matrix, "MAJOR=DSN" separated by spaces (set by make test).
 	EnvPostgresMatrix = "CDCRELAY_TEST_PG_MATRIX"
@@ -229,6 +231,48 @@ func UniqueName(t testing.TB, prefix string) string {
 	var suffix [6]byte
 	_, _ = rand.Read(suffix[:])
 	return base + "_" + hex.EncodeToString(suffix[:])
+}
+
+// RegistryURL returns the Confluent-compatible API of the shared schema
+// registry ($CDCRELAY_TEST_REGISTRY_URL, an Apicurio Registry that `make
+// test` starts). Tests share it: name subjects after unique topics.
+func RegistryURL(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv(EnvRegistryURL)
+	if u == "" {
+		unavailable(t, "%s is not set: no shared schema registry", EnvRegistryURL)
+	}
+	return u
+}
+
+// NewRegistry starts a private schema registry for one test, killed and
+// removed at the end of it. Most tests want the shared one ([RegistryURL]);
+// put a [Proxy] in front of either to inject faults.
+func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
+	t.Helper()
+	if opts.DistDir == "" {
+		if _, err := RegistryDistDir(); err != nil {
+			unavailable(t, "%v", err)
+		}
+	}
+	if _, err := RegistryJava(); err != nil {
+		unavailable(t, "%v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r, err := StartRegistry(ctx, opts)
+	if err != nil {
+		t.Fatalf("testenv: start registry: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("testenv: registry log tail (%s):\n%s", r.LogFile(), tailFile(r.LogFile(), 4096))
+		}
+		if err := r.Close(); err != nil {
+			t.Logf("testenv: close registry: %v", err)
+		}
+	})
+	return r
 }
 
 // MatrixServer is the shared server of one major version of the test matrix.

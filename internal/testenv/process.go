@@ -247,8 +247,8 @@ func readPIDFile(path string) (int, error) {
 
 // Server is a running server process found by [FindServers].
 type Server struct {
-	Kind string // "postgres" or "kafka"
-	Dir  string // the Postgres data directory, or the Kafka directory
+	Kind string // "postgres", "kafka" or "registry"
+	Dir  string // the Postgres data directory, or the Kafka or registry directory
 	PID  int
 }
 
@@ -263,7 +263,7 @@ func FindServers(root string) []Server {
 			if err != nil || d.IsDir() {
 				return nil
 			}
-			kind := map[string]string{postmasterPID: "postgres", kafkaPIDFile: "kafka"}[d.Name()]
+			kind := map[string]string{postmasterPID: "postgres", kafkaPIDFile: "kafka", registryPIDFile: "registry"}[d.Name()]
 			if kind == "" {
 				return nil
 			}

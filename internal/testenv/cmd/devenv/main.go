@@ -1,15 +1,16 @@
-// Command devenv starts and stops a Postgres server and a Kafka broker that stay
-// up in the background: the shared servers of `make test`, and the development
-// servers of `make dev-up` / `make dev-down`.
+// Command devenv starts and stops a Postgres server, a Kafka broker and a
+// schema registry (Apicurio Registry) that stay up in the background: the
+// shared servers of `make test`, and the development servers of `make
+// dev-up` / `make dev-down`.
 //
-//	devenv up --dir DIR     start both, write DIR/env.sh, print the addresses
+//	devenv up --dir DIR     start them, write DIR/env.sh, print the addresses
 //	devenv up --dir DIR --pg-matrix
 //	                        also one Postgres per pinned server build
 //	                        (testdata/postgres/versions.txt), for make test
 //	devenv down --dir DIR   stop every server under DIR and remove DIR
 //
-// DIR/env.sh exports CDCRELAY_TEST_PG_DSN, CDCRELAY_TEST_KAFKA_BROKERS and
-// CDCRELAY_KAFKA_JARS for the tests, CDCRELAY_TESTENV_DIR so that private servers
+// DIR/env.sh exports CDCRELAY_TEST_PG_DSN, CDCRELAY_TEST_KAFKA_BROKERS,
+// CDCRELAY_TEST_REGISTRY_URL and CDCRELAY_KAFKA_JARS for the tests, CDCRELAY_TESTENV_DIR so that private servers
 // of tests land under DIR too (and `down` catches any a killed test left behind),
 // and the Postgres data and bin directories plus a cdcrelay_pg_ctl shell function
 // for scripts that want to restart the server.
@@ -86,6 +87,8 @@ type state struct {
 	KafkaDir     string   `json:"kafka_dir"`
 	KafkaJars    string   `json:"kafka_jars"`
 	KafkaPID     int      `json:"kafka_pid"`
+	RegistryURL  string   `json:"registry_url"`
+	RegistryDir  string   `json:"registry_dir"`
 	// PostgresMatrix: one server per major version, the main one among them.
 	PostgresMatrix []testenv.MatrixServer `json:"postgres_matrix,omitempty"`
 }
@@ -97,19 +100,20 @@ func up(ctx context.Context, dir string, matrix bool) error {
 		if err := json.Unmarshal(b, &st); err != nil {
 			return fmt.Errorf("%s: %w (run `devenv down --dir %s`)", stateFile, err, dir)
 		}
-		var pgUp, kafkaUp bool
+		var pgUp, kafkaUp, registryUp bool
 		for _, s := range testenv.FindServers(dir) {
 			pgUp = pgUp || s.Dir == st.PostgresData
 			kafkaUp = kafkaUp || s.Dir == st.KafkaDir
+			registryUp = registryUp || s.Dir == st.RegistryDir
 		}
 		switch {
-		case pgUp && kafkaUp:
+		case pgUp && kafkaUp && registryUp:
 			fmt.Printf("devenv: already up in %s\n", dir)
 			printState(dir, st)
 			return nil
-		case pgUp || kafkaUp:
-			return fmt.Errorf("%s is half up (postgres running: %v, kafka running: %v): run `devenv down --dir %s` first",
-				dir, pgUp, kafkaUp, dir)
+		case pgUp || kafkaUp || registryUp:
+			return fmt.Errorf("%s is half up (postgres running: %v, kafka running: %v, registry running: %v): run `devenv down --dir %s` first",
+				dir, pgUp, kafkaUp, registryUp, dir)
 		}
 		fmt.Printf("devenv: servers in %s are gone; starting new ones\n", dir)
 		if err := cleanup(ctx, dir); err != nil {
@@ -130,9 +134,18 @@ func up(ctx context.Context, dir string, matrix bool) error {
 		err error
 	}
 	pgc := make(chan pgResult, 1)
-	go func() { // Postgres starts while the JVM warms up
+	go func() { // Postgres starts while the JVMs warm up
 		pg, err := testenv.StartPostgres(ctx, testenv.PostgresOptions{ParentDir: dir})
 		pgc <- pgResult{pg, err}
+	}()
+	type registryResult struct {
+		r   *testenv.Registry
+		err error
+	}
+	rc := make(chan registryResult, 1)
+	go func() {
+		r, err := testenv.StartRegistry(ctx, testenv.RegistryOptions{ParentDir: dir, Detach: true})
+		rc <- registryResult{r, err}
 	}()
 	var matrixc chan matrixResult
 	if matrix {
@@ -144,11 +157,12 @@ func up(ctx context.Context, dir string, matrix bool) error {
 	}
 	kafka, kerr := testenv.StartKafka(ctx, testenv.KafkaOptions{ParentDir: dir, Detach: true})
 	pr := <-pgc
+	rr := <-rc
 	var mr matrixResult
 	if matrixc != nil {
 		mr = <-matrixc
 	}
-	if err := errors.Join(pr.err, kerr, mr.err); err != nil {
+	if err := errors.Join(pr.err, kerr, rr.err, mr.err); err != nil {
 		if pr.pg != nil {
 			pr.pg.Close()
 		}
@@ -157,6 +171,9 @@ func up(ctx context.Context, dir string, matrix bool) error {
 		}
 		if kafka != nil {
 			kafka.Close()
+		}
+		if rr.r != nil {
+			rr.r.Close()
 		}
 		_ = cleanup(context.Background(), dir)
 		return err
@@ -172,6 +189,8 @@ func up(ctx context.Context, dir string, matrix bool) error {
 		KafkaDir:     kafka.Dir(),
 		KafkaJars:    kafka.JarDir(),
 		KafkaPID:     kafka.PID(),
+		RegistryURL:  rr.r.URL(),
+		RegistryDir:  rr.r.Dir(),
 	}
 	if matrix {
 		main, err := testenv.MachinePostgres()
@@ -197,7 +216,7 @@ func up(ctx context.Context, dir string, matrix bool) error {
 }
 
 func printState(dir string, st state) {
-	fmt.Printf("  postgres: %s\n  kafka:    %s\n", st.PostgresDSN, strings.Join(st.KafkaBrokers, ","))
+	fmt.Printf("  postgres: %s\n  kafka:    %s\n  registry: %s\n", st.PostgresDSN, strings.Join(st.KafkaBrokers, ","), st.RegistryURL)
 	for _, m := range st.PostgresMatrix {
 		fmt.Printf("  pg%d:     %s\n", m.Major, m.DSN)
 	}
@@ -263,6 +282,7 @@ func envScript(dir string, st state) string {
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvPostgresDSN, q(st.PostgresDSN))
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvKafkaBrokers, q(strings.Join(st.KafkaBrokers, ",")))
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvKafkaJars, q(st.KafkaJars))
+	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvRegistryURL, q(st.RegistryURL))
 	fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvPostgresBin, q(st.PostgresBin))
 	if len(st.PostgresMatrix) > 0 {
 		fmt.Fprintf(&b, "export %s=%s\n", testenv.EnvPostgresMatrix, q(testenv.FormatMatrix(st.PostgresMatrix)))
